@@ -1,0 +1,151 @@
+"""The run configuration: one frozen, validated object, built from a TOML file and command-line flags,
+stored as JSON in the surface file."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from .core.directions import DIR_TYPES, IGNORE_RULES, NORMS
+from .core.grid import Axis, Grid
+from .errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EXAMPLE_MODEL = "distributed_surface.example:trained_digits_cnn"
+EXAMPLE_DATA = "distributed_surface.example:digits_data"
+DEFAULT_AXIS = "-1:1:25"
+
+# Fields that decide the surface's values; a resumed run must agree with the file on all of them.
+# The checkpoint is compared by the hash of θ0 it gives, not by its path, which may move.
+# The others (where and how fast it runs, where it writes) may change between runs of one surface.
+SURFACE_FIELDS = ("model", "data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed", "max_samples")
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``dsurf run`` needs. Build it with :func:`RunConfig.build`, which validates."""
+
+    model: str = EXAMPLE_MODEL
+    checkpoint: str | None = None
+    data: str = EXAMPLE_DATA
+    loss: str = "cross_entropy"
+    x: str = DEFAULT_AXIS
+    y: str | None = DEFAULT_AXIS
+    norm: str = "filter"
+    ignore: str = "biasbn"
+    dir_type: str = "weights"
+    seed: int = 0
+    batch_size: int = 1024
+    max_samples: int | None = None
+    device: str = "auto"
+    chunk_size: int | None = None
+    out: str = "surface.h5"
+
+    @classmethod
+    def build(cls, **values) -> "RunConfig":
+        """Validate ``values`` (names as the fields; None means "not given") and fill defaults.
+
+        Only one of model and data given is an error: the built-in example supplies both or neither.
+        ``--x`` without ``--y`` asks for a 1D curve.
+        """
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"unknown setting {unknown[0]!r}")
+        given = {k: v for k, v in values.items() if v is not None}
+        if ("model" in given) != ("data" in given):
+            raise UserError("--model and --data go together (neither: the built-in example)")
+        if "x" in given and "y" not in given:
+            given["y"] = None
+        config = cls(**given)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` for the first bad field."""
+        _choice("norm", self.norm, NORMS)
+        _choice("ignore", self.ignore, IGNORE_RULES)
+        _choice("dir-type", self.dir_type, DIR_TYPES)
+        for name, value in (("model", self.model), ("data", self.data), ("loss", self.loss), ("out", self.out)):
+            if not isinstance(value, str) or not value:
+                raise UserError(f"--{name} must be a non-empty string")
+        self.grid  # parses the axes
+        for name in ("seed", "batch_size", "max_samples", "chunk_size"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
+            if name != "seed" and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise UserError(f"--device {self.device!r}: expected auto, cpu or cuda")
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(_axis("x", self.x), None if self.y is None else _axis("y", self.y))
+
+    @property
+    def is_example(self) -> bool:
+        return self.model == EXAMPLE_MODEL
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        values = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def surface_differences(self, other: "RunConfig") -> list[str]:
+        """The names of the surface-deciding fields on which the two configs differ."""
+        return [name for name in SURFACE_FIELDS if getattr(self, name) != getattr(other, name)]
+
+    def with_execution(self, **changes) -> "RunConfig":
+        """A copy with execution settings (device, batch size, ...) changed."""
+        bad = set(changes) & set(SURFACE_FIELDS)
+        if bad:
+            raise ValueError(f"{sorted(bad)} decide the surface and cannot change")
+        return replace(self, **changes)
+
+
+def _choice(flag: str, value, allowed) -> None:
+    if value not in allowed:
+        raise UserError(f"--{flag} {value!r}: expected one of {', '.join(allowed)}")
+
+
+def _axis(flag: str, text) -> Axis:
+    try:
+        return Axis.parse(text)
+    except ValueError as exc:
+        raise UserError(f"--{flag} {text!r}: {exc}") from None
+
+
+def load_toml(path: str) -> dict:
+    """Read a TOML config file; keys are the run flags' names (dashes or underscores)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file {path!r}: no such file")
+    try:
+        with file.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path!r} is not valid TOML: {exc}") from None
+    values = {key.replace("-", "_"): value for key, value in data.items()}
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"config file {path!r}: unknown setting {unknown[0]!r}")
+    for key in ("x", "y"):  # allow x = [-1, 1, 51] as well as x = "-1:1:51"
+        if isinstance(values.get(key), list):
+            values[key] = ":".join(str(v) for v in values[key])
+    return values

@@ -1,0 +1,108 @@
+"""The grid of offsets (a, b) and its division into chunks, the engine's unit of work.
+
+Points are numbered by a flat index in row-major order: index ``k`` is ``(i, j) = divmod(k, ny)``,
+the point ``(xcoordinates[i], ycoordinates[j])``. A 1D grid has ``ny = 1`` and no y axis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Axis:
+    """``num`` evenly spaced coordinates from ``min`` to ``max`` inclusive (``MIN:MAX:NUM``)."""
+
+    min: float
+    max: float
+    num: int
+
+    def __post_init__(self):
+        if not (math.isfinite(self.min) and math.isfinite(self.max)):
+            raise ValueError(f"axis bounds must be finite numbers, got {self.min}:{self.max}")
+        if self.num < 1:
+            raise ValueError(f"NUM must be at least 1, got {self.num}")
+        if self.min > self.max:
+            raise ValueError(f"MIN must not exceed MAX, got {self.min} > {self.max}")
+        if self.num == 1 and self.min != self.max:
+            raise ValueError(f"a single point needs MIN == MAX, got {self.min}:{self.max}:1")
+
+    @classmethod
+    def parse(cls, text: str) -> "Axis":
+        """Parse ``"MIN:MAX:NUM"``, e.g. ``"-1:1:51"``."""
+        parts = str(text).split(":")
+        if len(parts) != 3:
+            raise ValueError(f"expected MIN:MAX:NUM, got {text!r}")
+        try:
+            lo, hi = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise ValueError(f"MIN and MAX must be numbers, got {text!r}") from None
+        try:
+            num = int(parts[2])
+        except ValueError:
+            raise ValueError(f"NUM must be a whole number, got {text!r}") from None
+        return cls(lo, hi, num)
+
+    def __str__(self) -> str:
+        return f"{self.min:g}:{self.max:g}:{self.num}"
+
+    @property
+    def coordinates(self) -> np.ndarray:
+        return np.linspace(self.min, self.max, self.num, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A 1D (``y is None``) or 2D grid of offsets."""
+
+    x: Axis
+    y: Axis | None = None
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.y is None else 2
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.x.num,) if self.y is None else (self.x.num, self.y.num)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def offsets(self, indices: np.ndarray) -> np.ndarray:
+        """The offsets of the points with these flat indices: shape (len(indices), ndim), float64."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.y is None:
+            return self.x.coordinates[indices][:, None]
+        i, j = np.divmod(indices, self.y.num)
+        return np.stack([self.x.coordinates[i], self.y.coordinates[j]], axis=1)
+
+
+def chunk_bounds(size: int, chunk_size: int) -> list[tuple[int, int]]:
+    """The fixed division of flat indices ``0 .. size-1`` into ``[start, stop)`` ranges of
+    ``chunk_size`` points (the last one shorter)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk size must be at least 1, got {chunk_size}")
+    return [(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
+
+
+def pending_chunks(done: np.ndarray, chunk_size: int) -> list[np.ndarray]:
+    """The flat indices still to compute, chunk by chunk: for each fixed chunk, its points whose
+    ``done`` flag is 0; chunks with nothing left are left out."""
+    flat_done = np.asarray(done).reshape(-1)
+    chunks = []
+    for start, stop in chunk_bounds(flat_done.size, chunk_size):
+        todo = start + np.flatnonzero(flat_done[start:stop] == 0)
+        if todo.size:
+            chunks.append(todo)
+    return chunks
+
+
+def default_chunk_size(grid_size: int, workers: int = 1) -> int:
+    """Chunks small enough to balance ``workers`` (about 8 per worker) and to lose little work when a
+    run stops, large enough to amortise per-chunk overhead."""
+    return max(1, min(64, grid_size // (8 * max(1, workers)) or 1))

@@ -1,0 +1,93 @@
+"""The built-in example: a small CNN with BatchNorm trained on scikit-learn's bundled digits data
+(1,797 8×8 images, no download). Trained once, in a few seconds on a CPU, and cached."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CACHE_VERSION = 1
+SEED = 0
+EPOCHS = 12
+
+
+def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits as (inputs (N, 1, 8, 8) float32 in [0, 1], targets (N,) int64)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - the set-up installs it
+        raise ImportError("the built-in example needs scikit-learn: pip install scikit-learn") from exc
+    digits = load_digits()
+    inputs = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    targets = torch.tensor(digits.target, dtype=torch.int64)
+    return inputs, targets
+
+
+def digits_cnn() -> nn.Module:
+    """The untrained example network."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 10),
+    )
+
+
+def cache_path() -> Path:
+    root = os.environ.get("DSURF_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distributed_surface"
+    )
+    return Path(root) / f"digits_cnn-v{CACHE_VERSION}-torch{torch.__version__.split('+')[0]}.pt"
+
+
+def trained_digits_cnn() -> nn.Module:
+    """The example network with trained weights, from the cache or trained now and cached."""
+    model = digits_cnn()
+    path = cache_path()
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model
+        except Exception:  # a damaged cache is retrained, not fatal
+            pass
+    train(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Several MPI ranks may train at once: each writes its own temporary file and renames it into place.
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        torch.save(model.state_dict(), handle)
+    os.replace(handle.name, path)
+    return model
+
+
+def train(model: nn.Module, epochs: int = EPOCHS) -> None:
+    """Train deterministically: fixed seed, one thread (so every machine and rank gets the same θ0)."""
+    inputs, targets = digits_data()
+    generator = torch.Generator().manual_seed(SEED)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(SEED)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(inputs), generator=generator)
+            for batch in order.split(64):
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(model(inputs[batch]), targets[batch])
+                loss.backward()
+                optimizer.step()
+        model.eval()
+    finally:
+        torch.set_num_threads(threads)

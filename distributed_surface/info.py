@@ -1,0 +1,75 @@
+"""``dsurf info``: what a surface file holds, as text."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from .storage import SurfaceData, read_surface
+
+
+def describe_surface(path: str) -> str:
+    """A human-readable summary: status, progress, grid, config, runs and timings per rank."""
+    data = read_surface(path)
+    done, total = data.progress
+    lines = [
+        f"file:      {path}",
+        f"status:    {data.status}",
+        f"progress:  {done}/{total} points done ({100.0 * done / total:.1f}%)",
+        f"grid:      {_grid(data)}",
+        f"samples:   {data.attrs.get('num_samples')} per point",
+        f"outputs:   {', '.join(sorted(data.metrics))}",
+        f"created:   {data.attrs.get('created')}   updated: {data.attrs.get('updated')}",
+        f"versions:  distributed_surface {data.attrs.get('distributed_surface_version')}, "
+        f"torch {data.attrs.get('torch_version')}, h5py {data.attrs.get('h5py_version')}",
+        "config:",
+    ]
+    lines += [f"  {key} = {value!r}" for key, value in sorted(data.config.items())]
+    lines += _runs(data) + _timings(data)
+    if done and "train_loss" in data.metrics:
+        loss = data.metrics["train_loss"][data.done.astype(bool)]
+        lines.append(f"train_loss: min {np.nanmin(loss):.6g}, max {np.nanmax(loss):.6g}")
+    return "\n".join(lines)
+
+
+def _grid(data: SurfaceData) -> str:
+    x = f"x {data.x[0]:g}..{data.x[-1]:g} ({len(data.x)})"
+    return x if data.y is None else f"{x} × y {data.y[0]:g}..{data.y[-1]:g} ({len(data.y)})"
+
+
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
+
+
+def _runs(data: SurfaceData) -> list[str]:
+    lines = [f"runs:      {len(data.runs)}"]
+    for k, run in enumerate(data.runs):
+        lines.append(
+            f"  run {k}: {_stamp(run['start'])} -> {_stamp(run['end'])}  {run['status'].decode()}, "
+            f"{run['ranks']} rank(s), {run['mode'].decode()} on {run['host'].decode()}"
+        )
+    return lines
+
+
+def _timings(data: SurfaceData) -> list[str]:
+    t = data.timings
+    if not t.size:
+        return ["timings:   none yet"]
+    points, seconds = int(t["points"].sum()), float(t["seconds"].sum())
+    lines = [
+        f"timings:   {len(t)} chunks, {points} points, {seconds:.2f} s of evaluation "
+        f"({points / seconds if seconds else float('nan'):.2f} points/s)"
+    ]
+    per_rank = defaultdict(lambda: [0, 0, 0.0, set()])
+    for record in t:
+        entry = per_rank[int(record["rank"])]
+        entry[0] += 1
+        entry[1] += int(record["points"])
+        entry[2] += float(record["seconds"])
+        entry[3].add(f"{record['host'].decode()}/{record['device'].decode()}")
+    for rank in sorted(per_rank):
+        chunks, pts, secs, where = per_rank[rank]
+        lines.append(f"  rank {rank}: {chunks} chunks, {pts} points, {secs:.2f} s on {', '.join(sorted(where))}")
+    return lines

@@ -1,0 +1,283 @@
+"""The surface file (HDF5): layout, creation, chunk writes, resume checks and reading back.
+
+Layout (see DESIGN.md): root attributes ``format``, ``format_version``, ``config`` (JSON), ``status``,
+versions, ``num_samples``, timestamps; ``xcoordinates`` (and ``ycoordinates``); ``train_<output>`` of the
+grid's shape, NaN until computed; ``done`` (uint8); ``directions/x|y/<parameter name>``; ``timings``
+(one record per computed chunk) and ``runs`` (one record per run of the file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from . import __version__
+from .core.grid import Grid
+from .errors import UserError
+
+FORMAT = "distributed_surface"
+FORMAT_VERSION = 1
+SPLIT = "train"
+DIRECTION_AXES = ("x", "y")
+
+TIMING_DTYPE = np.dtype(
+    [
+        ("run", "i4"),
+        ("rank", "i4"),
+        ("host", "S64"),
+        ("device", "S32"),
+        ("first_index", "i8"),
+        ("points", "i4"),
+        ("start", "f8"),
+        ("seconds", "f8"),
+    ]
+)
+RUN_DTYPE = np.dtype(
+    [("start", "f8"), ("end", "f8"), ("status", "S16"), ("ranks", "i4"), ("mode", "S16"), ("host", "S64")]
+)
+
+
+def metric_name(output: str) -> str:
+    """The dataset name of an evaluator output: ``loss`` -> ``train_loss``."""
+    return f"{SPLIT}_{output}"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def check_writable(path: str) -> None:
+    """Fail early, with one line, where ``path`` cannot be written."""
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UserError(f"--out {path!r} is a directory")
+    if not parent.is_dir():
+        raise UserError(f"--out {path!r}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UserError(f"--out {path!r}: permission denied")
+
+
+def create_surface(
+    path: str,
+    *,
+    config_json: str,
+    grid: Grid,
+    outputs: Sequence[str],
+    directions: Sequence[Mapping[str, torch.Tensor]],
+    direction_attrs: Mapping[str, object],
+    fingerprint: Mapping[str, object],
+) -> None:
+    """Write a new surface file with nothing computed yet. It is built under a temporary name and then
+    renamed over ``path``, so an existing file at ``path`` is replaced whole or not at all."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(temporary, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["config"] = config_json
+            f.attrs["status"] = "created"
+            f.attrs["created"] = now()
+            f.attrs["updated"] = now()
+            f.attrs["distributed_surface_version"] = __version__
+            f.attrs["torch_version"] = str(torch.__version__)
+            f.attrs["h5py_version"] = h5py.__version__
+            for key, value in fingerprint.items():
+                f.attrs[key] = value
+            f.create_dataset("xcoordinates", data=grid.x.coordinates)
+            if grid.y is not None:
+                f.create_dataset("ycoordinates", data=grid.y.coordinates)
+            for output in outputs:
+                f.create_dataset(metric_name(output), shape=grid.shape, dtype="f8", fillvalue=np.nan)
+            f.create_dataset("done", shape=grid.shape, dtype="u1", fillvalue=0)
+            group = f.create_group("directions")
+            for axis, direction in zip(DIRECTION_AXES, directions):
+                sub = group.create_group(axis)
+                for key, value in direction_attrs.items():
+                    sub.attrs[key] = value
+                for name, tensor in direction.items():
+                    sub.create_dataset(name, data=tensor.detach().cpu().numpy())
+            f.create_dataset("timings", shape=(0,), maxshape=(None,), dtype=TIMING_DTYPE, chunks=(256,))
+            f.create_dataset("runs", shape=(0,), maxshape=(None,), dtype=RUN_DTYPE, chunks=(16,))
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def open_checked(path: str, mode: str = "r", **kwargs) -> h5py.File:
+    """Open an existing surface file, or raise :class:`UserError` if it is missing or not a surface."""
+    if not Path(path).is_file():
+        raise UserError(f"{path!r}: no such file")
+    try:
+        f = h5py.File(path, mode, **kwargs)
+    except OSError as exc:
+        raise UserError(f"{path!r} is not a readable HDF5 file ({exc})") from None
+    if f.attrs.get("format") != FORMAT:
+        f.close()
+        raise UserError(f"{path!r} is not a distributed_surface file")
+    return f
+
+
+def read_directions(f: h5py.File) -> list[dict[str, torch.Tensor]]:
+    """The stored directions, in the file's parameter order."""
+    result = []
+    for axis in DIRECTION_AXES:
+        if axis in f["directions"]:
+            group = f["directions"][axis]
+            result.append({name: torch.from_numpy(group[name][()]) for name in group})
+    return result
+
+
+@dataclass
+class RunRecorder:
+    """Open surface file of one run: writes chunk results, timing records and the run's history row.
+
+    ``begin`` reserves ``pending`` timing slots (one per chunk to compute) so that a chunk's writes
+    never change the file's structure; unused slots keep ``points == 0`` and are ignored on reading.
+    """
+
+    file: h5py.File
+    run_index: int = -1
+    slot_base: int = 0
+    slots_used: int = 0
+    _outputs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def begin(cls, path: str, *, pending: int, ranks: int, mode: str, **open_kwargs) -> "RunRecorder":
+        f = open_checked(path, "r+", **open_kwargs)
+        recorder = cls(f)
+        timings = f["timings"]
+        valid = int(np.count_nonzero(timings["points"] > 0)) if timings.shape[0] else 0
+        if valid < timings.shape[0]:  # drop the unused slots of earlier runs
+            kept = timings[: timings.shape[0]][timings[: timings.shape[0]]["points"] > 0]
+            timings.resize((valid,))
+            timings[:valid] = kept
+        recorder.slot_base = valid
+        timings.resize((valid + pending,))
+        runs = f["runs"]
+        recorder.run_index = runs.shape[0]
+        runs.resize((runs.shape[0] + 1,))
+        row = np.zeros((), dtype=RUN_DTYPE)
+        row["start"], row["status"], row["ranks"] = time.time(), b"running", ranks
+        row["mode"], row["host"] = mode.encode(), socket.gethostname().encode()[:64]
+        runs[recorder.run_index] = row
+        f.attrs["status"] = "running"
+        f.attrs["updated"] = now()
+        recorder._outputs = [name for name in f if name.startswith(SPLIT + "_")]
+        f.flush()
+        return recorder
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.file["done"][()]
+
+    def write_chunk(
+        self, indices: np.ndarray, values: Mapping[str, np.ndarray], *, slot: int, timing: Mapping[str, object]
+    ) -> None:
+        """Store one chunk's values, then its done bits (so a point is never marked done without its
+        values), then its timing record, and flush."""
+        indices = np.asarray(indices, dtype=np.int64)
+        shape = self.file["done"].shape
+        for output, array in values.items():
+            write_points(self.file[metric_name(output)], shape, indices, np.asarray(array, dtype=np.float64))
+        write_points(self.file["done"], shape, indices, np.ones(len(indices), dtype=np.uint8))
+        record = np.zeros((), dtype=TIMING_DTYPE)
+        record["run"] = self.run_index
+        record["first_index"] = int(indices[0])
+        record["points"] = len(indices)
+        for key in ("rank", "start", "seconds"):
+            record[key] = timing[key]
+        record["host"] = str(timing["host"]).encode()[:64]
+        record["device"] = str(timing["device"]).encode()[:32]
+        self.file["timings"][self.slot_base + slot] = record
+        self.file.flush()
+
+    def end(self) -> str:
+        """Record the run's end and the file's status (complete, or interrupted where points are
+        left), close the file and return the status."""
+        f = self.file
+        status = "complete" if bool(np.all(f["done"][()])) else "interrupted"
+        runs = f["runs"]
+        row = runs[self.run_index]
+        row["end"], row["status"] = time.time(), status.encode()
+        runs[self.run_index] = row
+        f.attrs["status"] = status
+        f.attrs["updated"] = now()
+        f.close()
+        return status
+
+
+def write_points(dataset: h5py.Dataset, shape: tuple[int, ...], indices: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` at flat row-major ``indices`` of ``dataset``, one contiguous run of a row at a
+    time (h5py selections cannot address a flattened view)."""
+    order = np.argsort(indices, kind="stable")
+    indices, values = indices[order], values[order]
+    rows = indices // shape[1] if len(shape) == 2 else np.zeros_like(indices)
+    breaks = np.flatnonzero((np.diff(indices) != 1) | (np.diff(rows) != 0)) + 1
+    for segment in np.split(np.arange(len(indices)), breaks):
+        first = int(indices[segment[0]])
+        if len(shape) == 1:
+            dataset[first : first + len(segment)] = values[segment]
+        else:
+            i, j = divmod(first, shape[1])
+            dataset[i, j : j + len(segment)] = values[segment]
+
+
+@dataclass
+class SurfaceData:
+    """Everything in a surface file, read into memory (for info, plots and exports)."""
+
+    path: str
+    attrs: dict
+    config: dict
+    x: np.ndarray
+    y: np.ndarray | None
+    metrics: dict[str, np.ndarray]
+    done: np.ndarray
+    timings: np.ndarray
+    runs: np.ndarray
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs.get("status", "unknown"))
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        return int(np.count_nonzero(self.done)), int(self.done.size)
+
+
+def read_surface(path: str) -> SurfaceData:
+    """Read a surface file whole (directions excepted)."""
+    with open_checked(path, "r") as f:
+        attrs = {key: _plain(value) for key, value in f.attrs.items()}
+        timings = f["timings"][()]
+        return SurfaceData(
+            path=path,
+            attrs=attrs,
+            config=json.loads(attrs.get("config", "{}")),
+            x=f["xcoordinates"][()],
+            y=f["ycoordinates"][()] if "ycoordinates" in f else None,
+            metrics={name: f[name][()] for name in f if name.startswith(SPLIT + "_")},
+            done=f["done"][()],
+            timings=timings[timings["points"] > 0] if timings.size else timings,
+            runs=f["runs"][()],
+        )
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
