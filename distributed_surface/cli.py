@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from .errors import UserError
@@ -32,6 +33,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--max-samples", dest="max_samples", type=int, help="evaluate only the first N samples")
     add("--device", help="auto (default), cpu, cuda or cuda:N")
     add("--chunk-size", dest="chunk_size", type=int, help="grid points per unit of work (default: automatic)")
+    add("--rank0", choices=("work", "coordinate"), help="under MPI: rank 0 also evaluates (work, default) or only coordinates")
     add("--out", metavar="PATH", help="surface file to write (default surface.h5)")
     add("--resume", action="store_true", help="continue an existing surface file of the same config")
     add("--overwrite", action="store_true", help="replace an existing surface file")
@@ -41,7 +43,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 RUN_SETTINGS = (
     "model", "checkpoint", "data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed",
-    "batch_size", "max_samples", "device", "chunk_size", "out",
+    "batch_size", "max_samples", "device", "chunk_size", "rank0", "out",
 )  # fmt: skip
 
 
@@ -68,10 +70,12 @@ def run_config(args: argparse.Namespace):
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from .run import run
+    from .run import mpi_rank, run
 
     config = run_config(args)
     status = run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if mpi_rank() != 0:  # rank 0 speaks for the job
+        return 0 if status == "complete" else 1
     print(f"{config.out}: {status}", file=sys.stderr)
     if not args.no_plot:
         _plot_if_possible(config.out, None)
@@ -106,9 +110,25 @@ def command_plot(args: argparse.Namespace) -> int:
 COMMANDS = {"run": command_run, "info": command_info, "plot": command_plot}
 
 
+def _glue_axis_values(argv: list[str]) -> list[str]:
+    """``--x -1:1:51`` -> ``--x=-1:1:51``: argparse would take ``-1:1:51`` for an option."""
+    glued, k = [], 0
+    while k < len(argv):
+        if argv[k] in ("--x", "--y") and k + 1 < len(argv) and _NEGATIVE.match(argv[k + 1]):
+            glued.append(f"{argv[k]}={argv[k + 1]}")
+            k += 2
+        else:
+            glued.append(argv[k])
+            k += 1
+    return glued
+
+
+_NEGATIVE = re.compile(r"^-[\d.]")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_glue_axis_values(sys.argv[1:] if argv is None else list(argv)))
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"dsurf: error: {exc}", file=sys.stderr)

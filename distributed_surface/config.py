@@ -27,6 +27,9 @@ DEFAULT_AXIS = "-1:1:25"
 # The others (where and how fast it runs, where it writes) may change between runs of one surface.
 SURFACE_FIELDS = ("model", "data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed", "max_samples")
 
+# Under MPI, rank 0 coordinates; "work": it also evaluates chunks, "coordinate": it only coordinates.
+RANK0_ROLES = ("work", "coordinate")
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -48,6 +51,7 @@ class RunConfig:
     max_samples: int | None = None
     device: str = "auto"
     chunk_size: int | None = None
+    rank0: str = "work"
     out: str = "surface.h5"
 
     @classmethod
@@ -74,6 +78,7 @@ class RunConfig:
         _choice("norm", self.norm, NORMS)
         _choice("ignore", self.ignore, IGNORE_RULES)
         _choice("dir-type", self.dir_type, DIR_TYPES)
+        _choice("rank0", self.rank0, RANK0_ROLES)
         for name, value in (("model", self.model), ("data", self.data), ("loss", self.loss), ("out", self.out)):
             if not isinstance(value, str) or not value:
                 raise UserError(f"--{name} must be a non-empty string")
@@ -109,14 +114,6 @@ class RunConfig:
     def surface_differences(self, other: "RunConfig") -> list[str]:
         """The names of the surface-deciding fields on which the two configs differ."""
         return [name for name in SURFACE_FIELDS if getattr(self, name) != getattr(other, name)]
-
-    def with_execution(self, **changes) -> "RunConfig":
-        """A copy with execution settings (device, batch size, ...) changed."""
-        bad = set(changes) & set(SURFACE_FIELDS)
-        if bad:
-            raise ValueError(f"{sorted(bad)} decide the surface and cannot change")
-        return replace(self, **changes)
-
 
 def _choice(flag: str, value, allowed) -> None:
     if value not in allowed:

@@ -182,16 +182,20 @@ def resolve_loss(spec: str) -> LossFunction:
     return loss
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA where available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA where available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``. With ``auto`` and
+    ``cuda``, the process with node-local rank ``r`` takes GPU ``r mod (GPUs on the node)``."""
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
+    if name in ("auto", "cuda") or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {name}: CUDA is not available on this machine")
-        return torch.device(name)
+        if name.startswith("cuda:"):
+            index = int(name.split(":", 1)[1])
+            if index >= torch.cuda.device_count():
+                raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+            return torch.device(name)
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     raise UserError(f"--device {name!r}: expected auto, cpu or cuda")
 
 

@@ -6,12 +6,15 @@ The steps are separate functions so that the MPI engine can run each on the rank
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .config import RunConfig
 from .core.directions import base_tensors, make_directions
@@ -27,6 +30,7 @@ from .problem import (
     resolve_device,
     resolve_loss,
 )
+from .engine.serial import run_serial
 from .storage import RunRecorder, check_writable, create_surface, open_checked, read_directions
 
 
@@ -102,11 +106,13 @@ def check_fingerprint(path: str, expected: dict[str, object]) -> None:
                 raise UserError(f"--resume: {what} differ from those {path!r} was computed with")
 
 
-def prepare(config: RunConfig, *, resume: bool, overwrite: bool) -> tuple[Prepared, dict[str, object]]:
-    """Load the problem and the directions, creating the surface file or checking the one to resume.
-    Returns the prepared run and the problem's fingerprint."""
+def prepare(
+    config: RunConfig, *, resume: bool, overwrite: bool, local_rank: int = 0
+) -> tuple[Prepared, dict[str, object]]:
+    """Load the problem and the directions and check the file to resume, if any. Returns the prepared
+    run and the problem's fingerprint. Changes no file."""
     resuming = check_output(config, resume=resume, overwrite=overwrite)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, local_rank)
     problem = load_problem(config)
     check_model_accepts_data(problem, device)
     prints = fingerprint(problem)
@@ -154,32 +160,66 @@ def create_file(prepared: Prepared, evaluator: SurfaceEvaluator, prints: dict[st
     )
 
 
-def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> str:
-    """Compute the surface of ``config`` in this process; return the file's final status."""
-    from .engine.serial import run_serial
+def start_file(prepared: Prepared, evaluator: SurfaceEvaluator, prints: dict[str, object]) -> np.ndarray:
+    """Create the surface file, or read the file being resumed; return its done mask."""
+    if prepared.resuming:
+        with open_checked(prepared.config.out, "r") as f:
+            return f["done"][()]
+    create_file(prepared, evaluator, prints)
+    return np.zeros(prepared.config.grid.shape, dtype=np.uint8)
 
+
+def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> str:
+    """Compute the surface of ``config``: distributed where this process is one of several MPI ranks,
+    else in this process. Returns the file's final status."""
+    if mpi_world_size() > 1:
+        from .engine.mpi import run_distributed
+
+        return run_distributed(config, resume=resume, overwrite=overwrite, progress=progress)
+    return run_in_process(config, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def run_in_process(config: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> str:
+    """Compute the surface of ``config`` in this process alone."""
     prepared, prints = prepare(config, resume=resume, overwrite=overwrite)
     evaluator = make_evaluator(prepared)
-    if prepared.resuming:
-        with open_checked(config.out, "r") as f:
-            done = f["done"][()]
-    else:
-        create_file(prepared, evaluator, prints)
-        done = np.zeros(config.grid.shape, dtype=np.uint8)
-    chunk_size = config.chunk_size or default_chunk_size(config.grid.size)
-    chunks = pending_chunks(done, chunk_size)
-    recorder = RunRecorder.begin(config.out, pending=len(chunks), ranks=1, mode="serial")
-    bar = _progress_bar(total=int(done.size), initial=int(np.count_nonzero(done)), enabled=progress)
+    done = start_file(prepared, evaluator, prints)
+    chunks = pending_chunks(done, config.chunk_size or default_chunk_size(config.grid.size))
+    recorder = RunRecorder.begin(config.out, pending=len(chunks), ranks=1, mode="serial", start=time.time())
+    bar = progress_bar(total=int(done.size), initial=int(np.count_nonzero(done)), enabled=progress)
+    complete = False
     try:
         run_serial(evaluator.evaluate, config.grid, chunks, recorder, device=str(prepared.device), progress=bar)
+        complete = True
     finally:
         bar.close()
-        status = recorder.end()
+        status = recorder.end(complete)
     return status
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
+def mpi_world_size() -> int:
+    """The number of ranks this process was launched with by mpirun/srun (1 if none), read from the
+    launcher's environment so that a plain run never imports MPI."""
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    if os.environ.get("SLURM_STEP_ID") is not None and os.environ.get("SLURM_STEP_NUM_TASKS", "").isdigit():
+        return int(os.environ["SLURM_STEP_NUM_TASKS"])
+    return 1
+
+
+def mpi_rank() -> int:
+    """This process's rank as its launcher set it (0 if none)."""
+    for name in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    if os.environ.get("SLURM_STEP_ID") is not None and os.environ.get("SLURM_PROCID", "").isdigit():
+        return int(os.environ["SLURM_PROCID"])
+    return 0
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    """A tqdm bar of grid points on stderr."""
 
     return tqdm(
         total=total,

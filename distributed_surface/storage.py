@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -42,7 +42,7 @@ TIMING_DTYPE = np.dtype(
     ]
 )
 RUN_DTYPE = np.dtype(
-    [("start", "f8"), ("end", "f8"), ("status", "S16"), ("ranks", "i4"), ("mode", "S16"), ("host", "S64")]
+    [("start", "f8"), ("end", "f8"), ("status", "S16"), ("ranks", "i4"), ("mode", "S32"), ("host", "S64")]
 )
 
 
@@ -98,8 +98,10 @@ def create_surface(
             if grid.y is not None:
                 f.create_dataset("ycoordinates", data=grid.y.coordinates)
             for output in outputs:
-                f.create_dataset(metric_name(output), shape=grid.shape, dtype="f8", fillvalue=np.nan)
-            f.create_dataset("done", shape=grid.shape, dtype="u1", fillvalue=0)
+                # Written in full now (not left to a fill value) so that storage is allocated before any
+                # rank of a parallel run writes into it.
+                f.create_dataset(metric_name(output), data=np.full(grid.shape, np.nan))
+            f.create_dataset("done", data=np.zeros(grid.shape, dtype=np.uint8))
             group = f.create_group("directions")
             for axis, direction in zip(DIRECTION_AXES, directions):
                 sub = group.create_group(axis)
@@ -107,12 +109,21 @@ def create_surface(
                     sub.attrs[key] = value
                 for name, tensor in direction.items():
                     sub.create_dataset(name, data=tensor.detach().cpu().numpy())
-            f.create_dataset("timings", shape=(0,), maxshape=(None,), dtype=TIMING_DTYPE, chunks=(256,))
-            f.create_dataset("runs", shape=(0,), maxshape=(None,), dtype=RUN_DTYPE, chunks=(16,))
+            _create_extendable(f, "timings", TIMING_DTYPE, chunk=256)
+            _create_extendable(f, "runs", RUN_DTYPE, chunk=16)
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _create_extendable(f: h5py.File, name: str, dtype: np.dtype, chunk: int) -> None:
+    """An empty 1-D dataset that grows. Its chunks are allocated when it is resized (early allocation),
+    a collective step under mpio, so that one rank may later write a record into it on its own:
+    allocating a chunk on first write would change the file's metadata from one rank only."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(chunk,), dcpl=dcpl)
 
 
 def open_checked(path: str, mode: str = "r", **kwargs) -> h5py.File:
@@ -141,55 +152,53 @@ def read_directions(f: h5py.File) -> list[dict[str, torch.Tensor]]:
 
 @dataclass
 class RunRecorder:
-    """Open surface file of one run: writes chunk results, timing records and the run's history row.
+    """The surface file during one run: writes chunk results, timing records and the run's history row.
 
-    ``begin`` reserves ``pending`` timing slots (one per chunk to compute) so that a chunk's writes
-    never change the file's structure; unused slots keep ``points == 0`` and are ignored on reading.
+    ``begin`` reserves ``pending`` timing slots (one per chunk to compute) so that writing a chunk never
+    changes the file's structure: under the ``mpio`` driver any rank may then write its own chunk
+    independently, while structural changes (resizes, attributes) stay in ``begin`` and ``end``, which
+    every rank calls. Unused slots keep ``points == 0`` and are ignored on reading.
     """
 
     file: h5py.File
+    is_root: bool = True
+    flush_each_chunk: bool = True
     run_index: int = -1
     slot_base: int = 0
-    slots_used: int = 0
-    _outputs: list[str] = field(default_factory=list)
 
     @classmethod
-    def begin(cls, path: str, *, pending: int, ranks: int, mode: str, **open_kwargs) -> "RunRecorder":
+    def begin(
+        cls, path: str, *, pending: int, ranks: int, mode: str, start: float, is_root: bool = True, **open_kwargs
+    ) -> "RunRecorder":
+        """Open ``path`` for a run. Under ``driver="mpio"`` every rank calls this with the same
+        arguments; only the root writes the records (data), all make the structural changes."""
         f = open_checked(path, "r+", **open_kwargs)
-        recorder = cls(f)
+        parallel = open_kwargs.get("driver") == "mpio"
+        recorder = cls(f, is_root=is_root, flush_each_chunk=not parallel)
+        # Records are only ever appended, each written once by one rank: rewriting rows in place (to
+        # drop the unused slots of interrupted runs, say) would race with the other ranks under mpio.
         timings = f["timings"]
-        valid = int(np.count_nonzero(timings["points"] > 0)) if timings.shape[0] else 0
-        if valid < timings.shape[0]:  # drop the unused slots of earlier runs
-            kept = timings[: timings.shape[0]][timings[: timings.shape[0]]["points"] > 0]
-            timings.resize((valid,))
-            timings[:valid] = kept
-        recorder.slot_base = valid
-        timings.resize((valid + pending,))
+        recorder.slot_base = timings.shape[0]
+        timings.resize((recorder.slot_base + pending,))
         runs = f["runs"]
         recorder.run_index = runs.shape[0]
         runs.resize((runs.shape[0] + 1,))
-        row = np.zeros((), dtype=RUN_DTYPE)
-        row["start"], row["status"], row["ranks"] = time.time(), b"running", ranks
-        row["mode"], row["host"] = mode.encode(), socket.gethostname().encode()[:64]
-        runs[recorder.run_index] = row
+        if is_root:
+            row = np.zeros((), dtype=RUN_DTYPE)
+            row["start"], row["status"], row["ranks"] = start, b"running", ranks
+            row["mode"], row["host"] = mode.encode(), socket.gethostname().encode()[:64]
+            runs[recorder.run_index] = row
         f.attrs["status"] = "running"
         f.attrs["updated"] = now()
-        recorder._outputs = [name for name in f if name.startswith(SPLIT + "_")]
-        f.flush()
+        f.flush()  # from here on the file's structure is on disk: a killed run leaves it readable
         return recorder
 
-    @property
-    def done(self) -> np.ndarray:
-        return self.file["done"][()]
-
-    def write_chunk(
-        self, indices: np.ndarray, values: Mapping[str, np.ndarray], *, slot: int, timing: Mapping[str, object]
-    ) -> None:
-        """Store one chunk's values, then its done bits (so a point is never marked done without its
-        values), then its timing record, and flush."""
-        indices = np.asarray(indices, dtype=np.int64)
+    def write_result(self, result) -> None:
+        """Store one chunk (a ``ChunkResult``): its values, then its done bits (so a point is never
+        marked done without its values), then its timing record."""
+        indices = np.asarray(result.indices, dtype=np.int64)
         shape = self.file["done"].shape
-        for output, array in values.items():
+        for output, array in result.values.items():
             write_points(self.file[metric_name(output)], shape, indices, np.asarray(array, dtype=np.float64))
         write_points(self.file["done"], shape, indices, np.ones(len(indices), dtype=np.uint8))
         record = np.zeros((), dtype=TIMING_DTYPE)
@@ -197,21 +206,23 @@ class RunRecorder:
         record["first_index"] = int(indices[0])
         record["points"] = len(indices)
         for key in ("rank", "start", "seconds"):
-            record[key] = timing[key]
-        record["host"] = str(timing["host"]).encode()[:64]
-        record["device"] = str(timing["device"]).encode()[:32]
-        self.file["timings"][self.slot_base + slot] = record
-        self.file.flush()
+            record[key] = result.timing[key]
+        record["host"] = str(result.timing["host"]).encode()[:64]
+        record["device"] = str(result.timing["device"]).encode()[:32]
+        self.file["timings"][self.slot_base + result.slot] = record
+        if self.flush_each_chunk:  # (a flush is collective under mpio; there writes go straight to MPI-IO)
+            self.file.flush()
 
-    def end(self) -> str:
-        """Record the run's end and the file's status (complete, or interrupted where points are
-        left), close the file and return the status."""
+    def end(self, complete: bool, *, end_time: float | None = None) -> str:
+        """Record the run's end and the file's status (``complete``, or ``interrupted`` where points
+        are left), close the file and return the status. Collective under mpio, like ``begin``."""
         f = self.file
-        status = "complete" if bool(np.all(f["done"][()])) else "interrupted"
-        runs = f["runs"]
-        row = runs[self.run_index]
-        row["end"], row["status"] = time.time(), status.encode()
-        runs[self.run_index] = row
+        status = "complete" if complete else "interrupted"
+        if self.is_root:
+            runs = f["runs"]
+            row = runs[self.run_index]
+            row["end"], row["status"] = end_time or time.time(), status.encode()
+            runs[self.run_index] = row
         f.attrs["status"] = status
         f.attrs["updated"] = now()
         f.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,6 +13,24 @@ from ..core.grid import Grid
 from ..storage import RunRecorder
 
 Evaluate = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass
+class ChunkResult:
+    """What one evaluated chunk leaves behind: its point indices, values and timing record."""
+
+    slot: int
+    indices: np.ndarray
+    values: dict[str, np.ndarray]
+    timing: dict[str, object]
+
+
+def evaluate_chunk(evaluate: Evaluate, grid: Grid, slot: int, indices: np.ndarray, *, rank: int, device: str) -> ChunkResult:
+    """Evaluate the points ``indices`` of ``grid`` and time it."""
+    start = time.time()
+    values = evaluate(grid.offsets(indices))
+    timing = {"rank": rank, "host": socket.gethostname(), "device": device, "start": start, "seconds": time.time() - start}
+    return ChunkResult(slot, indices, values, timing)
 
 
 def run_serial(
@@ -25,12 +44,7 @@ def run_serial(
 ) -> None:
     """Evaluate ``chunks`` (flat point indices) with ``evaluate`` and write each chunk to ``recorder``
     as soon as it is done, so that an interrupted run keeps every finished chunk."""
-    host = socket.gethostname()
     for slot, indices in enumerate(chunks):
-        start = time.time()
-        values = evaluate(grid.offsets(indices))
-        seconds = time.time() - start
-        timing = {"rank": 0, "host": host, "device": device, "start": start, "seconds": seconds}
-        recorder.write_chunk(indices, values, slot=slot, timing=timing)
+        recorder.write_result(evaluate_chunk(evaluate, grid, slot, indices, rank=0, device=device))
         if progress is not None:
             progress.update(len(indices))

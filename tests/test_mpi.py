@@ -1,0 +1,197 @@
+"""Tier 3: real ``mpirun -np N`` runs against the serial run. mpi4py is never imported here: every MPI
+process is a subprocess, under a time limit, since a parallel mistake hangs rather than fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.mpi
+
+MPIRUN = shutil.which("mpirun")
+if MPIRUN is None:  # pragma: no cover - the set-up installs Open MPI
+    pytest.skip("mpirun is not installed", allow_module_level=True)
+
+GRIDS = {"1d": ["--x=-1:1:7"], "2d": ["--x=-1:1:5", "--y=-0.5:0.5:4"]}
+COMMON = ["--max-samples", "200", "--no-plot", "--no-progress", "--chunk-size", "2"]
+FAILING_MODEL = '''
+import os
+import torch
+from distributed_surface.example import trained_digits_cnn
+
+
+class FailsOnRankOne(torch.nn.Module):
+    """The example network, which raises on rank 1 after a few forward passes when asked to."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = trained_digits_cnn()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if os.environ.get("FAIL_ON_RANK_ONE") and os.environ.get("OMPI_COMM_WORLD_RANK") == "1" and self.calls > 3:
+            raise RuntimeError("injected failure")
+        return self.inner(x)
+
+
+def model():
+    return FailsOnRankOne()
+'''
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The environment of every run: a shared model cache (the example is trained once) and Open MPI's
+    permission to run as root on these machines."""
+    cache = tmp_path_factory.mktemp("cache")
+    return dict(
+        os.environ,
+        DSURF_CACHE=str(cache),
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+    )
+
+
+def dsurf(args, env, cwd, ranks=None, timeout=120):
+    """Run ``dsurf`` serially (ranks=None) or under ``mpirun -np ranks``, with a time limit."""
+    command = [sys.executable, "-m", "distributed_surface", *args]
+    if ranks is not None:
+        command = [MPIRUN, "--oversubscribe", "-np", str(ranks), *command]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def serial_surfaces(tmp_path_factory, env):
+    """The serial run's surface for each grid: the reference every MPI run must match."""
+    cwd = tmp_path_factory.mktemp("serial")
+    surfaces = {}
+    for name, grid in GRIDS.items():
+        out = cwd / f"{name}.h5"
+        result = dsurf(["run", *grid, *COMMON, "--out", str(out)], env, cwd)
+        assert result.returncode == 0, result.stderr
+        surfaces[name] = read(out)
+    return surfaces
+
+
+def read(path):
+    with h5py.File(path, "r") as f:
+        timings = f["timings"][()]
+        return {
+            "loss": f["train_loss"][()],
+            "acc": f["train_acc"][()],
+            "done": f["done"][()],
+            "status": f.attrs["status"],
+            "timings": timings[timings["points"] > 0],
+            "runs": f["runs"][()],
+        }
+
+
+def assert_same_surface(got, expected):
+    np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-7, atol=0)
+    np.testing.assert_allclose(got["acc"], expected["acc"], rtol=1e-7, atol=0)
+    assert got["done"].all()
+
+
+def covered_points(timings):
+    """Every point index each timing record stands for (chunks are contiguous in fresh runs)."""
+    return np.concatenate([np.arange(r["first_index"], r["first_index"] + r["points"]) for r in timings])
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_mpi_run_equals_serial_run(ranks, grid, serial_surfaces, env, tmp_path):
+    out = tmp_path / "surface.h5"
+    result = dsurf(["run", *GRIDS[grid], *COMMON, "--out", str(out)], env, tmp_path, ranks=ranks)
+    assert result.returncode == 0, result.stderr
+    got = read(out)
+    assert got["status"] == "complete"
+    assert_same_surface(got, serial_surfaces[grid])
+    # Every point computed exactly once.
+    points = covered_points(got["timings"])
+    assert sorted(points) == list(range(got["done"].size))
+    expected_mode = "serial" if ranks == 1 else ("mpi-mpio" if h5py.get_config().mpi else "mpi-gather")
+    assert got["runs"][-1]["mode"].decode() == expected_mode
+    if ranks > 1:
+        assert set(got["timings"]["rank"]) == set(range(ranks)), "rank 0 works too, and every worker got chunks"
+
+
+def test_mpio_mode_writes_from_every_rank(env, tmp_path):
+    """Where h5py is parallel, all ranks open the file with the mpio driver and workers write their own
+    chunks: the run records the mode, and chunks of every rank are in the file."""
+    if not h5py.get_config().mpi:
+        pytest.skip("this h5py was built without MPI")
+    out = tmp_path / "surface.h5"
+    result = dsurf(["run", *GRIDS["2d"], *COMMON, "--out", str(out)], env, tmp_path, ranks=3)
+    assert result.returncode == 0, result.stderr
+    got = read(out)
+    assert got["runs"][-1]["mode"].decode() == "mpi-mpio"
+    assert set(got["timings"]["rank"]) == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    "variant, extra_env, flags, mode",
+    [
+        ("gather", {"DSURF_IO": "gather"}, [], "mpi-gather"),
+        ("dedicated", {}, ["--rank0", "coordinate"], None),
+    ],
+)
+def test_variants_equal_serial(variant, extra_env, flags, mode, serial_surfaces, env, tmp_path):
+    out = tmp_path / "surface.h5"
+    result = dsurf(
+        ["run", *GRIDS["2d"], *COMMON, *flags, "--out", str(out)], dict(env, **extra_env), tmp_path, ranks=3
+    )
+    assert result.returncode == 0, result.stderr
+    got = read(out)
+    assert_same_surface(got, serial_surfaces["2d"])
+    if mode:
+        assert got["runs"][-1]["mode"].decode() == mode
+    if variant == "dedicated":
+        assert 0 not in set(got["timings"]["rank"]), "rank 0 only coordinates"
+        assert got["runs"][-1]["mode"].decode().endswith("-dedicated")
+
+
+def test_failing_worker_ends_job_and_resume_completes(serial_surfaces, env, tmp_path):
+    (tmp_path / "failing.py").write_text(FAILING_MODEL)
+    args = ["run", "--model", "failing.py:model", "--data", "distributed_surface.example:digits_data"]
+    args += [*GRIDS["2d"], *COMMON, "--out", "surface.h5"]
+    started = time.monotonic()
+    result = dsurf(args, dict(env, FAIL_ON_RANK_ONE="1"), tmp_path, ranks=3, timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.returncode != 0
+    assert "rank 1" in result.stderr and "injected failure" in result.stderr
+    partial = read(tmp_path / "surface.h5")  # the file opens
+    done_before = int(partial["done"].sum())
+    assert 0 < done_before < partial["done"].size
+    assert int(partial["timings"]["points"].sum()) == done_before
+
+    result = dsurf([*args, "--resume"], env, tmp_path, ranks=3)
+    assert result.returncode == 0, result.stderr
+    final = read(tmp_path / "surface.h5")
+    assert final["status"] == "complete"
+    assert_same_surface(final, serial_surfaces["2d"])
+    # No done point recomputed: each point appears in exactly one timing record across both runs.
+    assert sorted(covered_points(final["timings"])) == list(range(final["done"].size))
+    assert [r["status"].decode() for r in final["runs"]] == ["running", "complete"]
+
+
+@pytest.mark.gpu
+def test_two_ranks_share_one_gpu(serial_surfaces, env, tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    out = tmp_path / "surface.h5"
+    result = dsurf(["run", *GRIDS["2d"], *COMMON, "--device", "cuda", "--out", str(out)], env, tmp_path, ranks=2)
+    assert result.returncode == 0, result.stderr
+    got = read(out)
+    np.testing.assert_allclose(got["loss"], serial_surfaces["2d"]["loss"], rtol=1e-4)
+    assert {d.decode() for d in got["timings"]["device"]} == {"cuda:0"}
+    assert set(got["timings"]["rank"]) == {0, 1}
