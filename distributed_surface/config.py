@@ -89,6 +89,8 @@ class RunConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
+            if name == "seed" and not -(2**63) <= value < 2**64:
+                raise UserError(f"--seed must fit in 64 bits, got {value}")
             if name != "seed" and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
@@ -113,7 +115,11 @@ class RunConfig:
 
     def surface_differences(self, other: "RunConfig") -> list[str]:
         """The names of the surface-deciding fields on which the two configs differ."""
-        return [name for name in SURFACE_FIELDS if getattr(self, name) != getattr(other, name)]
+        def value(config: RunConfig, name: str):
+            # Axes compare by value: "-1:1:3" and "-1.0:1.0:3" are the same grid.
+            return getattr(config.grid, name) if name in ("x", "y") else getattr(config, name)
+
+        return [name for name in SURFACE_FIELDS if value(self, name) != value(other, name)]
 
 def _choice(flag: str, value, allowed) -> None:
     if value not in allowed:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import pickle
 import sys
-import zipfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +91,14 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     if not file.is_file():
         raise UserError(f"--checkpoint {path!r}: no such file")
     try:
-        # weights_only: a checkpoint is data, never code to run.
-        loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise UserError(f"--checkpoint {path!r} is not a readable torch checkpoint: {_describe(exc)}") from exc
+        with warnings.catch_warnings():  # torch's advice (weights_only=False) is not ours to give
+            warnings.simplefilter("ignore")
+            # weights_only: a checkpoint is data, never code to run.
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a damaged or foreign file
+        raise UserError(
+            f"--checkpoint {path!r} is not a readable torch checkpoint of tensors: {_describe(exc)}"
+        ) from exc
     state = loaded
     if isinstance(loaded, dict):
         for key in ("state_dict", "model"):
@@ -107,6 +110,10 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
         state = {k[len("module.") :]: v for k, v in state.items()}
     expected = model.state_dict()
+    for key, value in expected.items():
+        # Checkpoints from before PyTorch 0.4.1 (the paper's among them) have no BatchNorm counter.
+        if key.endswith("num_batches_tracked") and key not in state:
+            state = {**state, key: torch.zeros_like(value)}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -163,7 +170,7 @@ def _materialise(dataset: Dataset, spec: str, max_samples: int | None) -> tuple[
         for x, y in DataLoader(dataset, batch_size=1024, shuffle=False):
             inputs.append(x)
             targets.append(torch.as_tensor(y))
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # a Dataset may fail in any way (a missing image file, a bad index)
         raise UserError(f"--data {spec!r}: samples must be (input, target) pairs of tensors: {_describe(exc)}") from exc
     if not inputs:
         return torch.empty(0), torch.empty(0)
