@@ -1,17 +1,44 @@
-"""Pictures of a surface file, drawn from the file alone (matplotlib, no screen needed)."""
+"""Pictures of a surface file, drawn from the file alone (matplotlib, no screen needed).
+
+2D surfaces: contour lines with labels (``contour``), filled contours (``contourf``), a heatmap with a
+colour bar (``heatmap``) and a 3D surface (``surface``), each for the loss and for the accuracy (and
+the test values where the file has them). 1D surfaces: loss and accuracy on twin axes (``curve``), train
+solid and test dashed. Points not computed yet are masked (left blank) and the title says so, so a
+running or interrupted surface plots too. Files of the paper's own code are read as well
+(:mod:`distributed_surface.legacy`).
+
+This is the one module that imports matplotlib. It draws on :class:`matplotlib.figure.Figure` objects
+directly, never through pyplot, so it neither changes the caller's backend nor keeps figures alive.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps, colors
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from matplotlib.tri import Triangulation
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .errors import UserError
+from .legacy import is_legacy, read_any_surface
+from .storage import SurfaceData
 
-from .errors import UserError  # noqa: E402
-from .storage import SurfaceData, read_surface  # noqa: E402
+# kind -> the part of the file name that says what it is
+KINDS_2D = {"contour": "2d_contour", "contourf": "2d_contourf", "heatmap": "2d_heatmap", "surface": "3d_surface"}
+KINDS_1D = {"curve": "1d"}
+KINDS = (*KINDS_2D, *KINDS_1D)
+FORMATS = ("png", "pdf", "svg")
+DPI = 150
+
+# Default levels for loss: nice round values between the smallest loss and LOSS_CAP (the paper's vmax),
+# about LOSS_LEVELS of them: on the built-in example (loss 0.003 .. 23) that is the paper's 0.5 apart.
+LOSS_CAP = 10.0
+LOSS_LEVELS = 20
+LABELS = {"loss": "loss", "acc": "accuracy (%)", "err": "error (%)"}
 
 
 def default_out_dir(path: str) -> Path:
@@ -19,74 +46,454 @@ def default_out_dir(path: str) -> Path:
     return surface.with_name(surface.stem + "_plots")
 
 
-def plot_surface(path: str, out_dir: str | None = None) -> list[Path]:
-    """Draw the surface in ``path``: contours of loss and accuracy for 2D, a loss-and-accuracy curve for
-    1D. Points not computed yet are left blank. Returns the files written."""
-    data = read_surface(path)
+def plot_surface(
+    path: str,
+    out_dir: str | None = None,
+    *,
+    kinds: Iterable[str] | str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    levels: float | None = None,
+    log: bool = False,
+    fmt: str = "png",
+) -> list[Path]:
+    """Draw the surface in ``path`` into ``out_dir`` (default: ``<stem>_plots`` next to it) and return
+    the files written.
+
+    ``kinds``: names from :data:`KINDS` (a list, or one comma-separated string); None or ``"all"``:
+    every kind that fits the file (the four 2D pictures, or the 1D curve). ``vmin``, ``vmax``: the range
+    of loss values mapped to colours and levels; ``levels``: the distance between contour levels (the
+    paper's ``vlevel``; in decades with ``log``). They apply to loss pictures; accuracy pictures always
+    span their data. ``log``: loss on a log scale. ``fmt``: png, pdf or svg.
+    """
+    fmt = _check_format(fmt)
+    wanted = _parse_kinds(kinds)
+    _check_range(vmin, vmax, levels, log)
+    data = read_any_surface(path)
+    fits = KINDS_1D if data.y is None else KINDS_2D
+    if wanted is None:
+        wanted = list(fits)
+    misfit = [kind for kind in wanted if kind not in fits]
+    if misfit:
+        dims = "1D" if data.y is None else "2D"
+        raise UserError(
+            f"--kind {misfit[0]} does not fit {path!r}, a {dims} surface (its kinds: {', '.join(fits)})"
+        )
     if not np.any(data.done):
         raise UserError(f"{path!r}: no point is computed yet, nothing to plot")
     target = Path(out_dir) if out_dir else default_out_dir(path)
-    target.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--out-dir {str(target)!r} is not a directory")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out-dir {str(target)!r}: {exc.strerror or exc}") from None
     stem = Path(path).stem
+    style = _Style(vmin=vmin, vmax=vmax, step=levels, log=log)
+    written = []
     if data.y is None:
-        return [_curve(data, target / f"{stem}_1d_loss_acc.png")]
-    return [
-        _contour(data, name, target / f"{stem}_2d_contour_{name}.png") for name in ("train_loss", "train_acc")
-        if name in data.metrics
-    ]
+        name = f"{stem}_1d_{_curve_name(data)}{'_log' if log else ''}.{fmt}"
+        written.append(_save(_curve(data, style), target / name))
+        return written
+    for kind in wanted:
+        for metric in _metrics(data):
+            suffix = "_log" if log and _is_loss(metric) else ""
+            figure = _DRAW_2D[kind](data, metric, style)
+            written.append(_save(figure, target / f"{stem}_{KINDS_2D[kind]}_{metric}{suffix}.{fmt}"))
+    return written
+
+
+# ---------------------------------------------------------------- options
+
+
+def _check_format(fmt: str) -> str:
+    value = str(fmt).lower().lstrip(".")
+    if value not in FORMATS:
+        raise UserError(f"unknown picture format {fmt!r} (choose from {', '.join(FORMATS)})")
+    return value
+
+
+def _parse_kinds(kinds: Iterable[str] | str | None) -> list[str] | None:
+    if kinds is None:
+        return None
+    items = [kinds] if isinstance(kinds, str) else list(kinds)
+    names = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    if not names or "all" in names:
+        return None
+    for name in names:
+        if name not in KINDS:
+            raise UserError(f"unknown plot kind {name!r} (choose from {', '.join(KINDS)} or all)")
+    return list(dict.fromkeys(names))
+
+
+def _check_range(vmin, vmax, step, log) -> None:
+    for flag, value in (("--vmin", vmin), ("--vmax", vmax), ("--levels", step)):
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, not {value!r}")
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise UserError(f"--vmin {vmin:g} must be below --vmax {vmax:g}")
+    if step is not None and step <= 0:
+        raise UserError(f"--levels {step:g}: the distance between contour levels must be positive")
+    if log and ((vmin is not None and vmin <= 0) or (vmax is not None and vmax <= 0)):
+        raise UserError("--log needs a positive --vmin and --vmax")
+
+
+class _Style:
+    """The user's range options, and the levels and colour norm they give for one set of values."""
+
+    def __init__(self, *, vmin, vmax, step, log):
+        self.vmin, self.vmax, self.step, self.log = vmin, vmax, step, log
+
+    def scale(self, metric: str, values: np.ndarray) -> tuple[np.ndarray, colors.Normalize, bool]:
+        """Levels, colour norm and whether the scale is logarithmic for ``values`` (finite ones)."""
+        finite = values[np.isfinite(values)]
+        if not finite.size:  # every computed value overflowed (a blown-up model): an empty picture
+            return np.array([0.0]), colors.Normalize(0.0, 1.0), False
+        if not _is_loss(metric):
+            lo, hi = float(finite.min()), float(finite.max())
+            if hi <= lo:
+                return np.array([lo]), colors.Normalize(lo - 1, hi + 1), False
+            ticks = MaxNLocator(nbins=LOSS_LEVELS, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+            return ticks, colors.Normalize(lo, hi), False
+        if self.log:
+            positive = finite[finite > 0]
+            lo = self.vmin if self.vmin is not None else float(positive.min()) if positive.size else 1e-3
+            hi = self.vmax if self.vmax is not None else float(positive.max()) if positive.size else 1.0
+            if hi <= lo:
+                hi = lo * 10
+            return _log_levels(lo, hi, self.step), colors.LogNorm(lo, hi), True
+        lo = self.vmin if self.vmin is not None else float(finite.min())
+        if self.vmax is not None:
+            hi = self.vmax
+        else:
+            hi = float(finite.max())
+            if lo < LOSS_CAP < hi:
+                hi = LOSS_CAP  # the paper's vmax: beyond it the loss has blown up, detail there hides the basin
+        if hi <= lo:
+            return np.array([lo]), colors.Normalize(lo - 1, hi + 1), False
+        if self.step is not None:
+            count = (hi - lo) / self.step
+            if count > 2000:
+                raise UserError(f"--levels {self.step:g} gives {count:.0f} contour levels between {lo:g} and {hi:g}")
+            levels = lo + self.step * np.arange(int(math.floor(count + 1e-9)) + 1)
+        else:
+            levels = MaxNLocator(nbins=LOSS_LEVELS, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+        return levels, colors.Normalize(lo, hi), False
+
+
+def _log_levels(lo: float, hi: float, step: float | None) -> np.ndarray:
+    """Levels between lo and hi on a log scale: every ``step`` decades, or round values 1-2-5 (1..9 for a
+    narrow range, one per decade for a wide one)."""
+    a, b = math.log10(lo), math.log10(hi)
+    if step is not None:
+        count = (b - a) / step
+        if count > 2000:
+            raise UserError(f"--levels {step:g} gives {count:.0f} contour levels between {lo:g} and {hi:g}")
+        return 10.0 ** (a + step * np.arange(int(math.floor(count + 1e-9)) + 1))
+    decades = range(math.floor(a) - 1, math.ceil(b) + 1)
+
+    def within(mantissas):
+        values = np.array([m * 10.0**d for d in decades for m in mantissas])
+        return values[(values >= lo * (1 - 1e-9)) & (values <= hi * (1 + 1e-9))]
+
+    round_125 = within((1, 2, 5))
+    if round_125.size > 25:
+        return within((1,))
+    if round_125.size >= 5:
+        return round_125
+    every_digit = within(range(1, 10))
+    return every_digit if every_digit.size >= 4 else np.geomspace(lo, hi, 6)
+
+
+def _is_loss(metric: str) -> bool:
+    return metric.endswith("_loss")
+
+
+def _quantity(metric: str) -> str:
+    return metric.rsplit("_", 1)[-1]
+
+
+def _metrics(data: SurfaceData) -> list[str]:
+    order = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    present = [m for m in order if m in data.metrics]
+    return present + sorted(m for m in data.metrics if m not in order)
+
+
+def _curve_name(data: SurfaceData) -> str:
+    return "loss_acc" if any(m.endswith("_acc") for m in data.metrics) else "loss"
+
+
+# ---------------------------------------------------------------- titles and values
+
+
+def describe(data: SurfaceData) -> str:
+    """One line: the model, the directions' norm and the data set size, from the stored config."""
+    config = data.config
+    model = str(config.get("model") or "?").rsplit(":", 1)[-1]
+    if config.get("checkpoint"):
+        model += f" ({Path(str(config['checkpoint'])).name})"
+    parts = [model]
+    if is_legacy(data):
+        parts[0] = f"{model} (loss-landscape file)"
+    if config.get("norm"):
+        parts.append(f"{config['norm']}-normalised directions")
+    if config.get("dir_type") == "states":
+        parts.append("states")
+    samples = data.attrs.get("num_samples") or config.get("max_samples")
+    if samples:
+        parts.append(f"{samples} samples")
+    return ", ".join(parts)
 
 
 def _title(data: SurfaceData, what: str) -> str:
-    model = str(data.config.get("model", "?")).rsplit(":", 1)[-1]
+    lines = [what, describe(data)]
     done, total = data.progress
-    partial = "" if done == total else f" — partial: {done}/{total} points ({data.status})"
-    return (
-        f"{what} of {model}, {data.config.get('norm')}-normalised directions, "
-        f"{data.attrs.get('num_samples')} samples{partial}"
-    )
+    if done < total:
+        lines.append(f"partial: {done}/{total} points computed ({data.status}), the rest left blank")
+    return "\n".join(lines)
 
 
-def _masked(data: SurfaceData, name: str) -> np.ma.MaskedArray:
-    values = data.metrics[name]
-    return np.ma.masked_where((data.done == 0) | ~np.isfinite(values), values)
+def _label(metric: str, log: bool = False) -> str:
+    split, _, quantity = metric.partition("_")
+    text = f"{split} {LABELS.get(quantity, quantity)}"
+    return f"{text} (log scale)" if log else text
 
 
-def _contour(data: SurfaceData, name: str, out: Path) -> Path:
-    z = _masked(data, name).T  # rows of the picture are y
+def _masked(data: SurfaceData, metric: str, log: bool = False) -> np.ma.MaskedArray:
+    values = np.asarray(data.metrics[metric], dtype=np.float64)
+    bad = (data.done == 0) | ~np.isfinite(values)
+    if log:
+        bad |= values <= 0
+    return np.ma.masked_array(np.where(bad, 0.0, values), mask=bad)
+
+
+def _axes_labels(ax, data: SurfaceData, short: bool = False) -> None:
+    ax.set_xlabel("x (along d1)" if short else "x: offset along direction d1")
+    if data.y is not None:
+        ax.set_ylabel("y (along d2)" if short else "y: offset along direction d2")
+
+
+def _mark_minimum(ax, data: SurfaceData) -> None:
+    """θ0, the trained model, at (0, 0) where the grid covers it."""
+    if data.x.min() <= 0 <= data.x.max() and data.y.min() <= 0 <= data.y.max():
+        ax.plot([0], [0], marker="*", color="red", markeredgecolor="white", markersize=11, linestyle="", label="θ0")
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+
+
+def _equal_aspect(ax, data: SurfaceData) -> None:
+    wx, wy = np.ptp(data.x), np.ptp(data.y)
+    if wx > 0 and wy > 0 and 1 / 3 <= wx / wy <= 3:
+        ax.set_aspect("equal")
+
+
+def _contourable(z: np.ma.MaskedArray) -> bool:
+    """Contours need a varying value over at least one grid cell whose four corners are computed."""
+    if z.shape[0] < 2 or z.shape[1] < 2 or z.count() < 4 or not float(z.max()) > float(z.min()):
+        return False
+    ok = ~np.ma.getmaskarray(z)
+    return bool((ok[:-1, :-1] & ok[1:, :-1] & ok[1:, 1:] & ok[:-1, 1:]).any())
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+# ---------------------------------------------------------------- 2D pictures
+
+
+def _figure(data: SurfaceData, metric: str, what: str, log: bool) -> tuple[Figure, object]:
+    fig = Figure(figsize=(6.0, 5.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(_title(data, f"{_label(metric, log)}: {what}"), fontsize=9)
+    _axes_labels(ax, data)
+    return fig, ax
+
+
+def _contour(data: SurfaceData, metric: str, style: _Style) -> Figure:
+    levels, norm, log = style.scale(metric, _masked(data, metric).compressed())
+    z = _masked(data, metric, log).T  # rows of the picture are y
+    fig, ax = _figure(data, metric, "contour lines", log)
+    if not _contourable(z):
+        return _heatmap_into(fig, ax, data, z, norm, metric, note=True)
     x, y = np.meshgrid(data.x, data.y)
-    fig, ax = plt.subplots(figsize=(6.4, 5.4))
-    if len(data.x) > 1 and len(data.y) > 1 and z.count() >= 4:
-        filled = ax.contourf(x, y, z, levels=30, cmap="viridis")
-        lines = ax.contour(x, y, z, levels=12, colors="white", linewidths=0.6)
-        ax.clabel(lines, fontsize=7, fmt="%.3g")
-        fig.colorbar(filled, ax=ax, label=name)
+    inside = levels[(levels >= z.min()) & (levels <= z.max())]
+    if inside.size:
+        lines = ax.contour(x, y, z, levels=inside, cmap=_line_cmap(metric), norm=norm, linewidths=1.0)
+        labelled = inside if inside.size <= 12 else inside[:: int(math.ceil(inside.size / 12))]
+        ax.clabel(lines, levels=labelled, inline=True, fontsize=7, fmt=_fmt)
+    ax.set_xlim(data.x.min(), data.x.max())
+    ax.set_ylim(data.y.min(), data.y.max())
+    _equal_aspect(ax, data)
+    _mark_minimum(ax, data)
+    return fig
+
+
+def _contourf(data: SurfaceData, metric: str, style: _Style) -> Figure:
+    levels, norm, log = style.scale(metric, _masked(data, metric).compressed())
+    z = _masked(data, metric, log).T
+    fig, ax = _figure(data, metric, "filled contours", log)
+    if not _contourable(z) or levels.size < 2:
+        return _heatmap_into(fig, ax, data, z, norm, metric, note=True)
+    x, y = np.meshgrid(data.x, data.y)
+    filled = ax.contourf(x, y, z, levels=levels, cmap=_cmap(metric), norm=norm, extend="both")
+    inside = levels[(levels >= z.min()) & (levels <= z.max())]
+    if inside.size:
+        ax.contour(x, y, z, levels=inside, colors="black", linewidths=0.3, alpha=0.5)
+    fig.colorbar(filled, ax=ax, label=_label(metric, log))
+    _equal_aspect(ax, data)
+    _mark_minimum(ax, data)
+    return fig
+
+
+def _heatmap(data: SurfaceData, metric: str, style: _Style) -> Figure:
+    _, norm, log = style.scale(metric, _masked(data, metric).compressed())
+    z = _masked(data, metric, log).T
+    fig, ax = _figure(data, metric, "heatmap", log)
+    return _heatmap_into(fig, ax, data, z, norm, metric, note=False)
+
+
+def _heatmap_into(fig, ax, data, z, norm, metric, note: bool) -> Figure:
+    """One coloured cell per grid point; also the picture of grids too small or flat for contours."""
+    x, y = np.meshgrid(data.x, data.y)
+    cmap = _cmap(metric).with_extremes(bad="white")
+    mesh = ax.pcolormesh(x, y, z, cmap=cmap, norm=norm, shading="nearest")
+    extend = "neither"
+    if z.count():
+        extend = {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+            (bool(z.min() < norm.vmin), bool(z.max() > norm.vmax))
+        ]
+    log = isinstance(norm, colors.LogNorm)
+    fig.colorbar(mesh, ax=ax, label=_label(metric, log), extend=extend)
+    if note:
+        ax.set_title(ax.get_title() + "\n(too few points or too flat for contours: drawn as cells)", fontsize=9)
+    if len(data.x) == 1:
+        ax.set_xticks(data.x)
+    if len(data.y) == 1:
+        ax.set_yticks(data.y)
+    _equal_aspect(ax, data)
+    _mark_minimum(ax, data)
+    return fig
+
+
+def _surface3d(data: SurfaceData, metric: str, style: _Style) -> Figure:
+    levels, norm, log = style.scale(metric, _masked(data, metric).compressed())
+    z = _masked(data, metric, log)
+    values = np.log10(z.filled(1.0)) if log else z.filled(0.0)
+    clip = style.vmax if _is_loss(metric) and style.vmax is not None else None
+    if clip is not None:  # like the paper's zmax: a flat cap rather than a blown-up wall
+        values = np.minimum(values, math.log10(clip) if log else clip)
+    shown = np.ma.masked_array(values, mask=np.ma.getmaskarray(z))
+    fig = Figure(figsize=(7.0, 5.6), layout="constrained")
+    ax = fig.add_subplot(projection="3d")
+    ax.set_title(_title(data, f"{_label(metric, log)}: 3D surface"), fontsize=9)
+    _axes_labels(ax, data, short=True)
+    for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
+        axis.set_major_locator(MaxNLocator(nbins=5))
+    ax.set_zlabel(("log10 " if log else "") + _label(metric))
+    if not shown.count():
+        ax.text2D(0.5, 0.5, "no finite value computed yet", transform=ax.transAxes, ha="center")
+        return fig
+    low, high = float(shown.min()), float(shown.max())
+    znorm = colors.Normalize(low, high if high > low else low + 1)
+    cmap = colormaps["coolwarm_r" if _quantity(metric) == "acc" else "coolwarm"]
+    nx, ny = shown.shape
+    if nx >= 2 and ny >= 2 and shown.count() >= 3:
+        xg, yg = np.meshgrid(data.x, data.y, indexing="ij")
+        if shown.count() == shown.size:
+            artist = ax.plot_surface(
+                xg, yg, shown.filled(), cmap=cmap, norm=znorm, rstride=1, cstride=1, linewidth=0, antialiased=False
+            )
+        else:
+            # plot_surface mis-colours grids with holes: triangles over the computed points instead
+            artist = _trisurf(ax, xg, yg, shown, cmap, znorm)
     else:
-        mesh = ax.pcolormesh(x, y, z, cmap="viridis", shading="nearest")
-        fig.colorbar(mesh, ax=ax, label=name)
-    ax.plot([0], [0], marker="*", color="red", markersize=10, label="θ0")
-    ax.set_xlabel("x (direction 1)")
-    ax.set_ylabel("y (direction 2)")
-    ax.set_title(_title(data, name), fontsize=8)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+        xg, yg = np.meshgrid(data.x, data.y, indexing="ij")
+        keep = ~np.ma.getmaskarray(shown)
+        artist = ax.scatter(xg[keep], yg[keep], shown.data[keep], c=shown.data[keep], cmap=cmap, norm=znorm, s=30)
+        if nx >= 2 or ny >= 2:
+            order = np.argsort(xg[keep] + yg[keep])
+            ax.plot(xg[keep][order], yg[keep][order], shown.data[keep][order], color="grey", linewidth=1)
+    fig.colorbar(artist, ax=ax, shrink=0.6, pad=0.08, label=("log10 " if log else "") + _label(metric))
+    ax.view_init(elev=30, azim=-60)
+    return fig
 
 
-def _curve(data: SurfaceData, out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    loss = _masked(data, "train_loss")
-    ax.plot(data.x, loss, color="tab:blue", marker=".", label="train loss")
-    ax.set_xlabel("x (direction 1)")
-    ax.set_ylabel("loss", color="tab:blue")
-    if "train_acc" in data.metrics:
+def _trisurf(ax, xg, yg, z: np.ma.MaskedArray, cmap, norm):
+    """Two triangles per grid cell, kept where all three corners are computed."""
+    nx, ny = z.shape
+    index = np.arange(nx * ny).reshape(nx, ny)
+    a, b, c, d = index[:-1, :-1].ravel(), index[1:, :-1].ravel(), index[1:, 1:].ravel(), index[:-1, 1:].ravel()
+    triangles = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    valid = ~np.ma.getmaskarray(z).ravel()
+    triangles = triangles[valid[triangles].all(axis=1)]
+    if not len(triangles):
+        x, y, values = xg.ravel()[valid], yg.ravel()[valid], z.data.ravel()[valid]
+        return ax.scatter(x, y, values, c=values, cmap=cmap, norm=norm)
+    triangulation = Triangulation(xg.ravel(), yg.ravel(), triangles)
+    return ax.plot_trisurf(triangulation, z.data.ravel(), cmap=cmap, norm=norm, linewidth=0, antialiased=False)
+
+
+_DRAW_2D = {"contour": _contour, "contourf": _contourf, "heatmap": _heatmap, "surface": _surface3d}
+
+
+def _cmap(metric: str):
+    # low loss and high accuracy share the dark end
+    return colormaps["viridis_r" if _quantity(metric) == "acc" else "viridis"]
+
+
+def _line_cmap(metric: str):
+    """viridis without its pale yellow end, which vanishes on white."""
+    part = np.linspace(0.15, 1.0, 256) if _quantity(metric) == "acc" else np.linspace(0.0, 0.85, 256)
+    return colors.ListedColormap(_cmap(metric)(part))
+
+
+# ---------------------------------------------------------------- 1D picture
+
+
+def _curve(data: SurfaceData, style: _Style) -> Figure:
+    fig = Figure(figsize=(6.8, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    _axes_labels(ax, data)
+    marker = dict(marker="o", markersize=3) if len(data.x) <= 60 else {}
+    handles = []
+    splits = [s for s in ("train", "test") if f"{s}_loss" in data.metrics]
+    for split in splits:
+        loss = _masked(data, f"{split}_loss", style.log)
+        (line,) = ax.plot(
+            data.x, loss, color="tab:blue", linestyle="-" if split == "train" else "--", label=f"{split} loss", **marker
+        )
+        handles.append(line)
+    if style.log:
+        ax.set_yscale("log")
+    ax.set_ylabel("loss (log scale)" if style.log else "loss", color="tab:blue")
+    ax.tick_params(axis="y", colors="tab:blue")
+    bottom = style.vmin if style.vmin is not None else (None if style.log else 0.0)
+    ax.set_ylim(bottom=bottom, top=style.vmax)
+    accs = [s for s in ("train", "test") if f"{s}_acc" in data.metrics]
+    if accs:
         twin = ax.twinx()
-        twin.plot(data.x, _masked(data, "train_acc"), color="tab:red", marker=".", label="train accuracy")
+        for split in accs:
+            (line,) = twin.plot(
+                data.x, _masked(data, f"{split}_acc"), color="tab:red",
+                linestyle="-" if split == "train" else "--", label=f"{split} accuracy", **marker,
+            )  # fmt: skip
+            handles.append(line)
         twin.set_ylabel("accuracy (%)", color="tab:red")
+        twin.tick_params(axis="y", colors="tab:red")
         twin.set_ylim(0, 100)
-    ax.set_title(_title(data, "train loss and accuracy"), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    if len(data.x) > 1:
+        ax.set_xlim(data.x.min(), data.x.max())
+    if data.x.min() <= 0 <= data.x.max():
+        ax.axvline(0, color="grey", linewidth=0.6, linestyle=":")
+    ax.legend(handles=handles, loc="center", fontsize=8, ncols=len(handles), framealpha=0.8)
+    what = " and ".join(["loss"] + (["accuracy"] if accs else []))
+    ax.set_title(_title(data, f"{' and '.join(splits)} {what}" + (" (log scale)" if style.log else "")), fontsize=9)
+    return fig
+
+
+def _save(fig: Figure, out: Path) -> Path:
+    fig.savefig(out, dpi=DPI)
     return out
+
+
+__all__: Sequence[str] = ("plot_surface", "default_out_dir", "KINDS", "FORMATS", "describe")

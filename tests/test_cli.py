@@ -80,6 +80,7 @@ def test_info(dsurf, surface_2d):
     assert rc == 0, err
     assert "complete" in out and "12/12" in out
     assert "seed" in out and "train_loss" in out
+    assert dsurf("info", "--status", surface_2d.name)[1] == "complete\n"
 
 
 def test_info_1d(dsurf, surface_1d):
@@ -92,7 +93,11 @@ def test_plot_2d(dsurf, surface_2d, tmp_path):
     rc, out, err = dsurf("plot", surface_2d.name)
     assert rc == 0, err
     pictures = sorted((tmp_path / "s2_plots").glob("*.png"))
-    assert [p.name for p in pictures] == ["s2_2d_contour_train_acc.png", "s2_2d_contour_train_loss.png"]
+    assert [p.name for p in pictures] == [
+        f"s2_{kind}_{value}.png"
+        for kind in ("2d_contour", "2d_contourf", "2d_heatmap", "3d_surface")
+        for value in ("train_acc", "train_loss")
+    ]
     for picture in pictures:
         assert picture.read_bytes()[:8] == PNG_SIGNATURE
         assert picture.stat().st_size > 1000

@@ -145,10 +145,11 @@ def test_plot_and_info_of_a_partial_file(dsurf, run_args, tmp_path, monkeypatch)
     rc, out, err = dsurf("info", "s.h5")
     assert rc == 0, err
     assert "interrupted" in out and "4/12" in out
+    assert dsurf("info", "--status", "s.h5")[1] == "interrupted\n"
     before = file_bytes(tmp_path / "s.h5")
     rc, out, err = dsurf("plot", "s.h5")
     assert rc == 0, err
-    assert len(out.split()) == 2
+    assert len(out.split()) == 8  # four kinds of picture, of loss and of accuracy
     assert file_bytes(tmp_path / "s.h5") == before  # plotting only reads
 
 

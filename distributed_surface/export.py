@@ -1,0 +1,227 @@
+"""Exports of a surface file: VTK XML for ParaView (``.vtp`` PolyData, ``.vts`` StructuredGrid) and CSV.
+
+The VTK files are written here as plain ASCII XML (no vtk dependency). Points are the grid's
+``(x, y, z)`` with ``z`` the chosen value (loss by default, as the paper's ``h52vtp.py``); every value of
+the file (``train_loss``, ``train_acc``, ``test_*``) is a point-data array, with ``done`` beside them.
+
+Points not computed yet: NaN in the value arrays, ``z = 0`` for their position, and hidden: the PolyData
+has quads only between four computed points (1D: line segments between two), and the StructuredGrid marks
+them as hidden points in VTK's ``vtkGhostType`` array (blanking), which ParaView honours.
+
+The CSV has one row per grid point, ``x, y`` (1D: ``x``) then the values, x outer and y inner; a value not
+computed is an empty field (read as NaN by numpy, pandas and spreadsheets).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .legacy import read_any_surface
+from .storage import SurfaceData
+
+FORMATS = ("vtp", "vts", "csv")
+KINDS = ("loss", "acc")
+HIDDEN_POINT = 2  # vtkDataSetAttributes::HIDDENPOINT
+
+
+def default_out(path: str, fmt: str, metric: str) -> Path:
+    surface = Path(path)
+    name = f"{surface.stem}.csv" if fmt == "csv" else f"{surface.stem}_{metric}.{fmt}"
+    return surface.with_name(name)
+
+
+def export_surface(path: str, fmt: str, *, out: str | None = None, kind: str = "loss") -> Path:
+    """Write the surface in ``path`` as ``fmt`` (vtp, vts or csv) to ``out`` and return where.
+
+    ``kind`` (loss or acc) picks the value used as height ``z`` in the VTK files: ``train_<kind>``.
+    The file is written under a temporary name and renamed, so a failed export leaves nothing behind."""
+    fmt = str(fmt).lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if kind not in KINDS:
+        raise UserError(f"unknown --kind {kind!r} for export (choose from {', '.join(KINDS)})")
+    data = read_any_surface(path)
+    metric = f"train_{kind}"
+    if metric not in data.metrics:
+        raise UserError(f"{path!r} has no {metric} to export (it holds {', '.join(sorted(data.metrics))})")
+    target = Path(out) if out else default_out(path, fmt, metric)
+    _check_target(target, Path(path))
+    if fmt == "csv":
+        text = csv_text(data)
+    elif fmt == "vtp":
+        text = vtp_text(data, metric)
+    else:
+        text = vts_text(data, metric)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="ascii")
+        os.replace(temporary, target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise UserError(f"--out {str(target)!r}: {exc.strerror or exc}") from None
+    return target
+
+
+def _check_target(target: Path, source: Path) -> None:
+    if target.is_dir():
+        raise UserError(f"--out {str(target)!r} is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"--out {str(target)!r}: directory {str(parent)!r} does not exist")
+    if target.exists() and target.resolve() == source.resolve():
+        raise UserError(f"--out {str(target)!r} is the surface file itself")
+
+
+def _metrics(data: SurfaceData) -> list[str]:
+    order = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    return [m for m in order if m in data.metrics] + sorted(m for m in data.metrics if m not in order)
+
+
+def _values(data: SurfaceData, metric: str) -> np.ndarray:
+    """The metric with NaN wherever the point is not done."""
+    values = np.asarray(data.metrics[metric], dtype=np.float64)
+    return np.where(data.done.astype(bool), values, np.nan)
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def csv_text(data: SurfaceData) -> str:
+    metrics = _metrics(data)
+    if data.y is None:
+        columns = [data.x]
+        header = ["x"]
+    else:
+        xg, yg = np.meshgrid(data.x, data.y, indexing="ij")
+        columns = [xg.ravel(), yg.ravel()]
+        header = ["x", "y"]
+    columns += [_values(data, m).ravel() for m in metrics]
+    lines = [",".join(header + metrics)]
+    for row in zip(*columns):
+        lines.append(",".join(_number(v) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    """Shortest text that reads back as the same float64; empty for NaN."""
+    return "" if not np.isfinite(value) else repr(float(value))
+
+
+# ---------------------------------------------------------------- VTK XML
+
+
+def _geometry(data: SurfaceData, metric: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Points (n, 3) in VTK's order (x fastest), the done mask in that order, and the dimensions."""
+    done = data.done.astype(bool)
+    height = np.where(done, _values(data, metric), 0.0)
+    if data.y is None:
+        points = np.stack([data.x, np.zeros_like(data.x), height], axis=1)
+        return points, done, (len(data.x), 1)
+    # our arrays are [i, j] = (x_i, y_j); VTK's structured order has i (x) fastest: transpose, then ravel
+    xg, yg = np.meshgrid(data.x, data.y)  # (ny, nx): row j, column i
+    points = np.stack([xg.ravel(), yg.ravel(), height.T.ravel()], axis=1)
+    return points, done.T.ravel(), (len(data.x), len(data.y))
+
+
+def _point_arrays(data: SurfaceData) -> list[tuple[str, str, np.ndarray]]:
+    arrays = []
+    for name in _metrics(data):
+        values = _values(data, name)
+        arrays.append((name, "Float64", values.T.ravel() if data.y is not None else values))
+    done = data.done if data.y is None else data.done.T
+    arrays.append(("done", "UInt8", np.asarray(done, dtype=np.uint8).ravel()))
+    return arrays
+
+
+def _data_array(name: str | None, vtk_type: str, values: np.ndarray, components: int = 1, indent: str = "        ") -> str:
+    flat = np.asarray(values).ravel()
+    if vtk_type.startswith("Float"):
+        words = ["nan" if not np.isfinite(v) else repr(float(v)) for v in flat]
+        finite = flat[np.isfinite(flat)]
+    else:
+        words = [str(int(v)) for v in flat]
+        finite = flat
+    name_attr = f' Name="{name}"' if name else ""
+    extra = ""
+    if finite.size and components == 1:
+        extra = f' RangeMin="{_plain(finite.min())}" RangeMax="{_plain(finite.max())}"'
+    per_line = 3 * components if components > 1 else 6
+    rows = [" ".join(words[k : k + per_line]) for k in range(0, len(words), per_line)]
+    body = "".join(f"{indent}  {row}\n" for row in rows)
+    return (
+        f'{indent}<DataArray type="{vtk_type}"{name_attr} NumberOfComponents="{components}" format="ascii"{extra}>\n'
+        f"{body}{indent}</DataArray>\n"
+    )
+
+
+def _plain(value) -> str:
+    value = value.item() if hasattr(value, "item") else value
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _header(kind: str) -> str:
+    return (
+        '<?xml version="1.0"?>\n'
+        f'<VTKFile type="{kind}" version="1.0" byte_order="LittleEndian" header_type="UInt64">\n'
+    )
+
+
+def _point_data(data: SurfaceData, metric: str, extra: list[tuple[str, str, np.ndarray]] = ()) -> str:
+    text = f'      <PointData Scalars="{metric}">\n'
+    for name, vtk_type, values in _point_arrays(data) + list(extra):
+        text += _data_array(name, vtk_type, values)
+    return text + "      </PointData>\n"
+
+
+def _points(points: np.ndarray) -> str:
+    return "      <Points>\n" + _data_array("Points", "Float64", points, components=3) + "      </Points>\n"
+
+
+def vtp_text(data: SurfaceData, metric: str) -> str:
+    """VTK XML PolyData: the grid's points, quads (2D) or line segments (1D) between computed points."""
+    points, done, (nx, ny) = _geometry(data, metric)
+    index = np.arange(nx * ny).reshape(ny, nx)  # VTK order: point (i, j) is j * nx + i
+    if data.y is None:
+        cells = np.stack([index[0, :-1], index[0, 1:]], axis=1)
+    else:
+        cells = np.stack(
+            [index[:-1, :-1].ravel(), index[:-1, 1:].ravel(), index[1:, 1:].ravel(), index[1:, :-1].ravel()], axis=1
+        )
+    cells = cells[done[cells].all(axis=1)] if len(cells) else cells.reshape(0, 2 if data.y is None else 4)
+    width = cells.shape[1]
+    connectivity = _data_array("connectivity", "Int64", cells)
+    offsets = _data_array("offsets", "Int64", width * np.arange(1, len(cells) + 1))
+    block = "Lines" if data.y is None else "Polys"
+    lines, polys = (len(cells), 0) if data.y is None else (0, len(cells))
+    return (
+        _header("PolyData")
+        + "  <PolyData>\n"
+        + f'    <Piece NumberOfPoints="{len(points)}" NumberOfVerts="0" NumberOfLines="{lines}" '
+        f'NumberOfStrips="0" NumberOfPolys="{polys}">\n'
+        + _point_data(data, metric)
+        + _points(points)
+        + f"      <{block}>\n{connectivity}{offsets}      </{block}>\n"
+        + "    </Piece>\n  </PolyData>\n</VTKFile>\n"
+    )
+
+
+def vts_text(data: SurfaceData, metric: str) -> str:
+    """VTK XML StructuredGrid of nx × ny × 1 points; points not computed are blanked (hidden)."""
+    points, done, (nx, ny) = _geometry(data, metric)
+    extent = f"0 {nx - 1} 0 {ny - 1} 0 0"
+    ghost = [("vtkGhostType", "UInt8", np.where(done, 0, HIDDEN_POINT).astype(np.uint8))]
+    return (
+        _header("StructuredGrid")
+        + f'  <StructuredGrid WholeExtent="{extent}">\n'
+        + f'    <Piece Extent="{extent}">\n'
+        + _point_data(data, metric, ghost)
+        + _points(points)
+        + "    </Piece>\n  </StructuredGrid>\n</VTKFile>\n"
+    )
+
+
+__all__ = ["export_surface", "csv_text", "vtp_text", "vts_text", "FORMATS", "KINDS", "default_out"]

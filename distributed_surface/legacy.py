@@ -1,0 +1,143 @@
+"""Reading any surface file for pictures and exports: this package's own, or one written by the paper's
+original code (loss-landscape, Li et al. 2018), so that its users can re-plot and export old results.
+
+The paper's files hold ``xcoordinates``, optional ``ycoordinates``, ``train_loss``, ``train_acc`` and
+maybe ``test_loss``/``test_acc``, and no ``format``, ``done`` or ``config``. Two differences matter:
+
+* Layout. The paper's code fills its 2D arrays through ``losses.ravel()[ind]`` with ``ind`` an index
+  into ``np.meshgrid(xcoordinates, ycoordinates)`` (scheduler.py, plot_surface.py), and plots them against
+  that meshgrid: its flat order is y-major, the value at ``(x[i], y[j])`` sits at flat index
+  ``j * nx + i``. This package stores ``train_loss[i, j]`` at ``(x[i], y[j])``, so 2D arrays are
+  reordered on reading (``ravel().reshape(ny, nx).T``; a plain transpose for square grids).
+* Not-computed points. The paper's code starts from ``-1`` everywhere and recomputes any value ``<= 0``;
+  other copies start from zeros. A point counts as not computed where its loss is NaN or negative, or
+  where loss and accuracy are both exactly 0; everything else is computed. Such points become NaN here
+  and ``done`` is 0 there, as in this package's own files.
+
+h5py is used here and in storage.py only; matplotlib is not imported.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import UserError
+from .storage import FORMAT, RUN_DTYPE, TIMING_DTYPE, SurfaceData, read_surface
+
+LEGACY_FORMAT = "loss-landscape"
+SPLITS = ("train", "test")
+
+
+def read_any_surface(path: str) -> SurfaceData:
+    """Read a surface file of this package (with any ``test_*`` values it holds) or of the paper's code.
+
+    Raises :class:`UserError` for a missing file, a file that is not HDF5, or an HDF5 file that is
+    neither kind of surface."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise UserError(f"{path!r}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise UserError(f"{path!r} is not a readable HDF5 file ({exc})") from None
+    with f:
+        kind = _plain(f.attrs.get("format"))
+        if kind is None and "xcoordinates" in f and "train_loss" in f:
+            return _read_legacy(f, path)
+        if kind != FORMAT:
+            raise UserError(
+                f"{path!r} is not a distributed_surface file, nor a loss-landscape surface file "
+                "(one with xcoordinates and train_loss)"
+            )
+        extra = {
+            name: np.asarray(f[name][()], dtype=np.float64)
+            for name in f
+            if name.startswith("test_") and isinstance(f[name], h5py.Dataset)
+        }
+    try:
+        data = read_surface(path)
+    except (KeyError, ValueError, OSError) as exc:
+        raise UserError(f"{path!r}: damaged surface file ({exc})") from None
+    for name, values in extra.items():
+        if values.shape != data.done.shape:
+            raise UserError(f"{path!r}: {name} has shape {values.shape}, the grid {data.done.shape}")
+        data.metrics[name] = np.where(data.done.astype(bool), values, np.nan)
+    data.attrs.setdefault("source", FORMAT)
+    return data
+
+
+def is_legacy(data: SurfaceData) -> bool:
+    return data.attrs.get("format") == LEGACY_FORMAT
+
+
+def _read_legacy(f: h5py.File, path: str) -> SurfaceData:
+    x = _coordinates(f, "xcoordinates", path)
+    y = _coordinates(f, "ycoordinates", path) if "ycoordinates" in f else None
+    shape = (len(x),) if y is None else (len(x), len(y))
+    raw = {}
+    for name in f:
+        obj = f[name]
+        if not isinstance(obj, h5py.Dataset) or not re.fullmatch(r"(train|test)_(loss|acc)", name):
+            continue
+        values = np.asarray(obj[()], dtype=np.float64)
+        if values.size != int(np.prod(shape)):
+            raise UserError(f"{path!r}: {name} has {values.size} values, the grid {shape} needs {np.prod(shape)}")
+        # The paper's flat order is y-major (see the module's docstring).
+        raw[name] = values.reshape(shape) if y is None else values.ravel().reshape(len(y), len(x)).T
+    metrics, done = {}, None
+    for split in SPLITS:
+        loss, acc = raw.get(f"{split}_loss"), raw.get(f"{split}_acc")
+        if loss is None:
+            continue
+        computed = np.isfinite(loss) & (loss >= 0)
+        if acc is not None:
+            computed &= ~((loss == 0) & (acc == 0)) & np.isfinite(acc)
+        metrics[f"{split}_loss"] = np.where(computed, loss, np.nan)
+        if acc is not None:
+            metrics[f"{split}_acc"] = np.where(computed, acc, np.nan)
+        if split == "train":
+            done = computed.astype(np.uint8)
+    assert done is not None  # train_loss is there: checked by the caller
+    config = {"model": Path(path).name}
+    dir_file = _plain(f["dir_file"][()]) if isinstance(f.get("dir_file"), h5py.Dataset) else None
+    if isinstance(dir_file, str):
+        config["dir_file"] = dir_file
+        norm = re.search(r"xnorm=([a-z]+)", dir_file)
+        if norm:
+            config["norm"] = norm.group(1)
+        if "states" in Path(dir_file).name:
+            config["dir_type"] = "states"
+    status = "complete" if np.all(done) else "incomplete"
+    return SurfaceData(
+        path=path,
+        attrs={"format": LEGACY_FORMAT, "source": LEGACY_FORMAT, "status": status},
+        config=config,
+        x=x,
+        y=y,
+        metrics=metrics,
+        done=done,
+        timings=np.zeros(0, dtype=TIMING_DTYPE),
+        runs=np.zeros(0, dtype=RUN_DTYPE),
+    )
+
+
+def _coordinates(f: h5py.File, name: str, path: str) -> np.ndarray:
+    obj = f[name]
+    values = np.asarray(obj[()], dtype=np.float64) if isinstance(obj, h5py.Dataset) else None
+    if values is None or values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+        raise UserError(f"{path!r}: {name} is not a list of finite coordinates")
+    return values
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _plain(value.item())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
