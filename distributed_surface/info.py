@@ -16,7 +16,8 @@ def describe_surface(path: str) -> str:
     done, total = data.progress
     lines = [
         f"file:      {path}",
-        f"status:    {data.status}",
+        f"status:    {data.status}"
+        + (" (or its run was killed without warning: --resume continues it)" if data.status == "running" else ""),
         f"progress:  {done}/{total} points done ({100.0 * done / total:.1f}%)",
         f"grid:      {_grid(data)}",
         f"samples:   {data.attrs.get('num_samples')} per point",
@@ -46,8 +47,11 @@ def _stamp(seconds: float) -> str:
 def _runs(data: SurfaceData) -> list[str]:
     lines = [f"runs:      {len(data.runs)}"]
     for k, run in enumerate(data.runs):
+        status = run["status"].decode()
+        if status == "running" and k < len(data.runs) - 1:
+            status = "killed"  # a later run started: this one never closed the file
         lines.append(
-            f"  run {k}: {_stamp(run['start'])} -> {_stamp(run['end'])}  {run['status'].decode()}, "
+            f"  run {k}: {_stamp(run['start'])} -> {_stamp(run['end'])}  {status}, "
             f"{run['ranks']} rank(s), {run['mode'].decode()} on {run['host'].decode()}"
         )
     return lines

@@ -130,6 +130,9 @@ def open_checked(path: str, mode: str = "r", **kwargs) -> h5py.File:
     """Open an existing surface file, or raise :class:`UserError` if it is missing or not a surface."""
     if not Path(path).is_file():
         raise UserError(f"{path!r}: no such file")
+    if mode == "r":
+        # Readers (info, plot, a resume check) must not be locked out by a run that is writing.
+        kwargs.setdefault("locking", False)
     try:
         f = h5py.File(path, mode, **kwargs)
     except OSError as exc:
@@ -194,13 +197,13 @@ class RunRecorder:
         return recorder
 
     def write_result(self, result) -> None:
-        """Store one chunk (a ``ChunkResult``): its values, then its done bits (so a point is never
-        marked done without its values), then its timing record."""
+        """Store one chunk (a ``ChunkResult``): its values and its timing record, then its done bits,
+        so that a point marked done always has its values and its record, whenever the run is killed.
+        (Serially the two steps are flushed in turn; under mpio each write goes straight to MPI-IO.)"""
         indices = np.asarray(result.indices, dtype=np.int64)
         shape = self.file["done"].shape
         for output, array in result.values.items():
             write_points(self.file[metric_name(output)], shape, indices, np.asarray(array, dtype=np.float64))
-        write_points(self.file["done"], shape, indices, np.ones(len(indices), dtype=np.uint8))
         record = np.zeros((), dtype=TIMING_DTYPE)
         record["run"] = self.run_index
         record["first_index"] = int(indices[0])
@@ -210,7 +213,10 @@ class RunRecorder:
         record["host"] = str(result.timing["host"]).encode()[:64]
         record["device"] = str(result.timing["device"]).encode()[:32]
         self.file["timings"][self.slot_base + result.slot] = record
-        if self.flush_each_chunk:  # (a flush is collective under mpio; there writes go straight to MPI-IO)
+        if self.flush_each_chunk:  # (a flush is collective under mpio)
+            self.file.flush()
+        write_points(self.file["done"], shape, indices, np.ones(len(indices), dtype=np.uint8))
+        if self.flush_each_chunk:
             self.file.flush()
 
     def end(self, complete: bool, *, end_time: float | None = None) -> str:

@@ -12,6 +12,36 @@ import torch
 import torch.nn.functional as F
 
 
+# The built-in example's network slowed down per forward pass (one pass per point at --max-samples
+# below the batch size), so that a signal or a kill lands while a run is under way. Its values are the
+# example's. Write it with write_slow_model(); pass SLOW_ARGS to dsurf.
+SLOW_ARGS = ["--model", "slow.py:model", "--data", "distributed_surface.example:digits_data"]
+_SLOW_MODEL = """
+import time
+import torch
+from distributed_surface.example import trained_digits_cnn
+
+
+class Slow(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = trained_digits_cnn()
+
+    def forward(self, x):
+        time.sleep({seconds})
+        return self.inner(x)
+
+
+def model():
+    return Slow()
+"""
+
+
+def write_slow_model(directory: Path, seconds: float) -> None:
+    """``slow.py`` in ``directory``: the example network, ``seconds`` slower per forward pass."""
+    (Path(directory) / "slow.py").write_text(_SLOW_MODEL.format(seconds=seconds))
+
+
 NUM_SAMPLES = 64
 NUM_CLASSES = 3
 

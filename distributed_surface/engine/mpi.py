@@ -34,6 +34,7 @@ from ..errors import UserError
 from ..problem import resolve_device
 from ..run import (
     Prepared,
+    announce_plan,
     fingerprint,
     load_problem,
     make_evaluator,
@@ -43,6 +44,7 @@ from ..run import (
 )
 from ..storage import RunRecorder
 from .serial import ChunkResult, evaluate_chunk
+from .stop import Interrupted, StopRequest
 
 TAG_REQUEST = 11  # worker -> coordinator: the chunk just finished (or None), and a request for the next
 TAG_ASSIGN = 12  # coordinator -> worker: (slot, indices) of the next chunk, or None: stop
@@ -129,17 +131,22 @@ def _run_distributed(config: RunConfig, *, resume: bool, overwrite: bool, progre
         # Ranks sharing a node's cores: give each its share rather than every rank all the cores.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
 
+    stop = StopRequest().install()  # every rank: mpirun and srun pass signals on to all of them
+
     def work():
-        _work(comm, evaluator, config, recorder if mode == "mpio" else None, device_name)
+        _work(comm, evaluator, config, recorder if mode == "mpio" else None, device_name, stop)
 
     complete = False
     if rank == 0:
+        if evaluator is not None:
+            announce_plan(evaluator, progress and bool(chunks))
         bar = progress_bar(total=int(done.size), initial=int(np.count_nonzero(done)), enabled=progress)
         workers = size if rank0_works else size - 1
         outcome = {}
 
         def coordinate():
-            outcome["finished"] = _coordinate(comm, chunks, workers, recorder if mode == "gather" else None, bar)
+            gather = recorder if mode == "gather" else None
+            outcome["finished"] = _coordinate(comm, chunks, workers, gather, bar, stop)
 
         if rank0_works:
             thread = threading.Thread(target=_guarded, args=(coordinate,), name="dsurf-coordinator", daemon=True)
@@ -152,6 +159,7 @@ def _run_distributed(config: RunConfig, *, resume: bool, overwrite: bool, progre
         complete = outcome["finished"] == len(chunks)
     else:
         _guarded(work)
+    stop.uninstall()
     complete, end_time = comm.bcast((complete, time.time()), root=0)
     if recorder is not None:
         recorder.end(complete, end_time=end_time)
@@ -192,22 +200,26 @@ def _abort(exc: BaseException) -> None:
     MPI.COMM_WORLD.Abort(1)
 
 
-def _coordinate(comm: MPI.Comm, chunks, workers: int, gather_recorder, bar) -> int:
-    """Hand ``chunks`` out one at a time to whichever worker asks; return how many were finished."""
+def _coordinate(comm: MPI.Comm, chunks, workers: int, gather_recorder, bar, stop: StopRequest) -> int:
+    """Hand ``chunks`` out one at a time to whichever worker asks; return how many were finished.
+    Once any rank reports a stop request (or rank 0 has one), no more chunks are handed out: every
+    worker is told to stop at its next request."""
     next_slot, finished, active = 0, 0, workers
+    stopping = False
     status = MPI.Status()
     while active:
         if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQUEST, status=status):
             time.sleep(POLL_SECONDS)
             continue
         source = status.Get_source()
-        report = comm.recv(source=source, tag=TAG_REQUEST)
+        report, worker_stopping = comm.recv(source=source, tag=TAG_REQUEST)
+        stopping = stopping or worker_stopping or stop.requested
         if report is not None:
             if gather_recorder is not None:
                 gather_recorder.write_result(report)
             finished += 1
             bar.update(report.indices.size if isinstance(report, ChunkResult) else report)
-        if next_slot < len(chunks):
+        if next_slot < len(chunks) and not stopping:
             comm.send((next_slot, chunks[next_slot]), dest=source, tag=TAG_ASSIGN)
             next_slot += 1
         else:
@@ -216,17 +228,23 @@ def _coordinate(comm: MPI.Comm, chunks, workers: int, gather_recorder, bar) -> i
     return finished
 
 
-def _work(comm: MPI.Comm, evaluator, config: RunConfig, recorder, device: str) -> None:
-    """Ask for chunks until told to stop; evaluate each, write it (mpio) or send it to rank 0."""
+def _work(comm: MPI.Comm, evaluator, config: RunConfig, recorder, device: str, stop: StopRequest) -> None:
+    """Ask for chunks until told to stop; evaluate each, write it (mpio) or send it to rank 0. A stop
+    request is passed on to the coordinator with the next request."""
     rank, grid = comm.Get_rank(), config.grid
     report = None
     while True:
-        comm.send(report, dest=0, tag=TAG_REQUEST)
+        comm.send((report, stop.requested), dest=0, tag=TAG_REQUEST)
         assignment = comm.recv(source=0, tag=TAG_ASSIGN)
         if assignment is None:
             return
         slot, indices = assignment
-        result = evaluate_chunk(evaluator.evaluate, grid, slot, indices, rank=rank, device=device)
+        report = None
+        try:
+            with stop.abandonable():
+                result = evaluate_chunk(evaluator.evaluate, grid, slot, indices, rank=rank, device=device)
+        except Interrupted:
+            continue  # abandoned: the coordinator hears of the stop with the next request
         if recorder is not None:
             recorder.write_result(result)
             report = len(indices)

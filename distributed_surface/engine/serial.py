@@ -11,6 +11,7 @@ import numpy as np
 
 from ..core.grid import Grid
 from ..storage import RunRecorder
+from .stop import Interrupted, NoStop, StopRequest
 
 Evaluate = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -41,10 +42,21 @@ def run_serial(
     *,
     device: str,
     progress=None,
-) -> None:
+    stop: StopRequest | None = None,
+) -> bool:
     """Evaluate ``chunks`` (flat point indices) with ``evaluate`` and write each chunk to ``recorder``
-    as soon as it is done, so that an interrupted run keeps every finished chunk."""
+    as soon as it is done, so that an interrupted run keeps every finished chunk. Returns True when
+    every chunk is done, False when ``stop`` asked to stop first."""
+    stop = stop or NoStop()
     for slot, indices in enumerate(chunks):
-        recorder.write_result(evaluate_chunk(evaluate, grid, slot, indices, rank=0, device=device))
+        if stop.requested:
+            return False
+        try:
+            with stop.abandonable():
+                result = evaluate_chunk(evaluate, grid, slot, indices, rank=0, device=device)
+        except Interrupted:
+            return False
+        recorder.write_result(result)
         if progress is not None:
             progress.update(len(indices))
+    return True
