@@ -1,4 +1,4 @@
-"""The ``dsurf`` command line: ``run``, ``info`` and ``plot``."""
+"""The ``dsurf`` command line: ``run``, ``info``, ``plot``, ``export`` and ``sbatch``."""
 
 from __future__ import annotations
 
@@ -29,10 +29,17 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--ignore", help="biasbn (default: 1-D parameters do not move) or none")
     add("--dir-type", dest="dir_type", help="weights (default) or states (adds buffers such as BatchNorm statistics)")
     add("--seed", type=int, help="seed of the random directions (default 0)")
-    add("--batch-size", dest="batch_size", type=int, help="samples per forward pass (default 1024)")
+    add("--batch-size", dest="batch_size", type=int, help="samples per forward pass (default: from the free device memory)")
     add("--max-samples", dest="max_samples", type=int, help="evaluate only the first N samples")
     add("--device", help="auto (default), cpu, cuda or cuda:N")
     add("--chunk-size", dest="chunk_size", type=int, help="grid points per unit of work (default: automatic)")
+    add("--precision", help="fp32 (default, exact), tf32 (GPU TF32 matmuls/convolutions) or bf16 (bfloat16 autocast)")
+    add("--points-per-pass", dest="points_per_pass", type=int,
+        help="grid points evaluated in one pass over the data with vmap (default: what fits, at most 64)")  # fmt: skip
+    add("--vmap", help="auto (default: vmap where one point's pass is overhead-bound), tune (time both, keep the faster), on or off")
+    add("--compile", nargs="?", const=True, type=_on_off, metavar="on|off", help="torch.compile the forward pass (default off)")
+    add("--channels-last", dest="channels_last", nargs="?", const=True, type=_on_off, metavar="on|off",
+        help="channels-last memory format for 4-D inputs (default off)")  # fmt: skip
     add("--rank0", choices=("work", "coordinate"), help="under MPI: rank 0 also evaluates (work, default) or only coordinates")
     add("--out", metavar="PATH", help="surface file to write (default surface.h5)")
     add("--resume", action="store_true", help="continue an existing surface file of the same config")
@@ -44,7 +51,16 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 RUN_SETTINGS = (
     "model", "checkpoint", "data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed",
     "batch_size", "max_samples", "device", "chunk_size", "rank0", "out",
+    "precision", "points_per_pass", "vmap", "compile", "channels_last",
 )  # fmt: skip
+
+
+def _on_off(text: str) -> bool:
+    """``--compile`` alone, ``--compile=on|off`` (also true/false, yes/no, 1/0)."""
+    value = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+    if str(text).lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return value[str(text).lower()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,10 +70,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(run)
     info = commands.add_parser("info", help="what a surface file holds: config, progress, timings")
     info.add_argument("surface", metavar="SURFACE.h5")
+    info.add_argument(
+        "--status", action="store_true",
+        help="print the status word only (complete, interrupted, running, failed): for scripts",
+    )  # fmt: skip
     plot = commands.add_parser("plot", help="pictures of a surface file")
     plot.add_argument("surface", metavar="SURFACE.h5")
     plot.add_argument("--out-dir", dest="out_dir", metavar="DIR", help="where to write (default: SURFACE_plots/)")
+    plot.add_argument(
+        "--kind", action="append", metavar="KIND",
+        help="what to draw (repeat or comma-separate): 2D: contour, contourf, heatmap, surface (3D); "
+        "1D: curve; default all that fit the file",
+    )  # fmt: skip
+    plot.add_argument("--vmin", type=float, help="lowest loss mapped to colours and levels (default: the data's)")
+    plot.add_argument("--vmax", type=float, help="highest loss mapped (default: the data's, at most 10)")
+    plot.add_argument("--levels", type=float, metavar="STEP", help="distance between loss contour levels (decades with --log)")
+    plot.add_argument("--log", action="store_true", help="loss on a log scale")
+    plot.add_argument("--format", dest="fmt", default="png", metavar="png|pdf|svg", help="picture format (default png)")
+    export = commands.add_parser("export", help="the surface for ParaView (vtp, vts) or a spreadsheet (csv)")
+    export.add_argument("surface", metavar="SURFACE.h5")
+    export.add_argument("--format", dest="fmt", required=True, metavar="vtp|vts|csv", help="VTK PolyData, VTK StructuredGrid or CSV")
+    export.add_argument("--out", metavar="PATH", help="file to write (default: next to SURFACE, named after it)")
+    export.add_argument("--kind", default="loss", metavar="loss|acc", help="vtp/vts: the value that is the height z (default loss); csv holds all")
+    sbatch = commands.add_parser("sbatch", help="write a SLURM batch script for a run and submit it (or print it)")
+    _add_run_flags(sbatch)
+    _add_sbatch_flags(sbatch)
     return parser
+
+
+def _add_sbatch_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--nodes", type=int, default=1, help="nodes (default 1)")
+    add("--gpus-per-node", dest="gpus_per_node", type=int, default=1, help="GPUs per node, one task each (default 1)")
+    add("--tasks-per-node", dest="tasks_per_node", type=int, help="tasks per node (default: one per GPU)")
+    add("--time", required=True, metavar="HH:MM:SS", help="time limit of each run of the job")
+    add("--partition", help="SLURM partition")
+    add("--account", help="SLURM account")
+    add("--job-name", dest="job_name", default="dsurf", help="job name (default dsurf)")
+    add("--signal-seconds", dest="signal_seconds", type=int, default=300,
+        help="warn the job this long before its time limit (default 300)")  # fmt: skip
+    add("--requeue", action="store_true", help="requeue the job when it stops early, so it resumes the surface")
+    add("--srun-mpi", dest="srun_mpi", default="pmix", help="srun --mpi plugin (default pmix)")
+    add("--script", metavar="PATH", help="where to write the batch script (default: OUT with .sbatch)")
+    add("--template", metavar="PATH", help="batch script template (default launch/slurm/dsurf.sbatch.in)")
+    add("--dry-run", dest="dry_run", action="store_true", help="print the script; write and submit nothing")
 
 
 def run_config(args: argparse.Namespace):
@@ -75,11 +131,20 @@ def command_run(args: argparse.Namespace) -> int:
     config = run_config(args)
     status = run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     if mpi_rank() != 0:  # rank 0 speaks for the job
-        return 0 if status == "complete" else 1
+        return EXIT_CODES[status]
+    if status != "complete":
+        print(f"{config.out}: {status}; finished chunks are saved, continue with --resume", file=sys.stderr)
+        return EXIT_CODES[status]
     print(f"{config.out}: {status}", file=sys.stderr)
     if not args.no_plot:
         _plot_if_possible(config.out, None)
-    return 0 if status == "complete" else 1
+    return EXIT_CODES[status]
+
+
+# A run stopped by a signal (SIGUSR1, SIGTERM, SIGINT) closes its file as "interrupted" and exits 3:
+# batch scripts requeue on it.
+EXIT_INTERRUPTED = 3
+EXIT_CODES = {"complete": 0, "interrupted": EXIT_INTERRUPTED}
 
 
 def _plot_if_possible(path: str, out_dir: str | None) -> None:
@@ -94,20 +159,65 @@ def _plot_if_possible(path: str, out_dir: str | None) -> None:
 
 def command_info(args: argparse.Namespace) -> int:
     from .info import describe_surface
+    from .storage import read_surface
 
-    print(describe_surface(args.surface))
+    print(read_surface(args.surface).status if args.status else describe_surface(args.surface))
     return 0
 
 
 def command_plot(args: argparse.Namespace) -> int:
     from .plot import plot_surface
 
-    for picture in plot_surface(args.surface, args.out_dir):
+    pictures = plot_surface(
+        args.surface, args.out_dir, kinds=args.kind, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
+        log=args.log, fmt=args.fmt,
+    )  # fmt: skip
+    for picture in pictures:
         print(picture)
     return 0
 
 
-COMMANDS = {"run": command_run, "info": command_info, "plot": command_plot}
+def command_export(args: argparse.Namespace) -> int:
+    from .export import export_surface
+
+    print(export_surface(args.surface, args.fmt, out=args.out, kind=args.kind))
+    return 0
+
+
+def command_sbatch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .slurm import JobSpec, render, submit
+
+    if args.overwrite:
+        raise UserError("--overwrite has no place in a batch job: a requeued job would start over; remove the file first")
+    config = run_config(args)  # a mistake in the run's settings shows now, not in the queue
+    run_args = [args.config_file] if args.config_file else []
+    for name in RUN_SETTINGS:
+        value = getattr(args, name)
+        if value is not None:
+            run_args.append(f"--{name.replace('_', '-')}={value}")
+    run_args += ["--no-plot"] if args.no_plot else []
+    job = JobSpec(
+        nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node, time=args.time,
+        partition=args.partition, account=args.account, job_name=args.job_name,
+        warning_seconds=args.signal_seconds, requeue=args.requeue, srun_mpi=args.srun_mpi,
+    )  # fmt: skip
+    script = Path(args.script or Path(config.out).with_suffix(".sbatch")).absolute()
+    template = Path(args.template) if args.template else None
+    text = render(job, run_args, out=Path(config.out), script=script, workdir=Path.cwd(), template=template)
+    if args.dry_run:
+        print(text, end="")
+        return 0
+    script.write_text(text)
+    print(f"wrote {script}", file=sys.stderr)
+    print(f"submitted job {submit(script)}")
+    return 0
+
+
+COMMANDS = {
+    "run": command_run, "info": command_info, "plot": command_plot, "export": command_export, "sbatch": command_sbatch,
+}  # fmt: skip
 
 
 def _glue_axis_values(argv: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from .core.directions import DIR_TYPES, IGNORE_RULES, NORMS
+from .core.evaluate import PRECISIONS, VMAP_MODES
 from .core.grid import Axis, Grid
 from .errors import UserError
 
@@ -25,7 +26,8 @@ DEFAULT_AXIS = "-1:1:25"
 # Fields that decide the surface's values; a resumed run must agree with the file on all of them.
 # The checkpoint is compared by the hash of θ0 it gives, not by its path, which may move.
 # The others (where and how fast it runs, where it writes) may change between runs of one surface.
-SURFACE_FIELDS = ("model", "data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed", "max_samples")
+# precision is one of them: bf16 and tf32 change the values (see the README's error table).
+SURFACE_FIELDS = ("model", "data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed", "max_samples", "precision")
 
 # Under MPI, rank 0 coordinates; "work": it also evaluates chunks, "coordinate": it only coordinates.
 RANK0_ROLES = ("work", "coordinate")
@@ -47,10 +49,15 @@ class RunConfig:
     ignore: str = "biasbn"
     dir_type: str = "weights"
     seed: int = 0
-    batch_size: int = 1024
+    batch_size: int | None = None  # None: from the free device memory
     max_samples: int | None = None
     device: str = "auto"
     chunk_size: int | None = None
+    points_per_pass: int | None = None  # grid points per pass over the data under vmap; None: what fits
+    vmap: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
     rank0: str = "work"
     out: str = "surface.h5"
 
@@ -79,11 +86,16 @@ class RunConfig:
         _choice("ignore", self.ignore, IGNORE_RULES)
         _choice("dir-type", self.dir_type, DIR_TYPES)
         _choice("rank0", self.rank0, RANK0_ROLES)
+        _choice("vmap", self.vmap, VMAP_MODES)
+        _choice("precision", self.precision, PRECISIONS)
+        for name in ("compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"--{name.replace('_', '-')} must be on or off, got {getattr(self, name)!r}")
         for name, value in (("model", self.model), ("data", self.data), ("loss", self.loss), ("out", self.out)):
             if not isinstance(value, str) or not value:
                 raise UserError(f"--{name} must be a non-empty string")
         self.grid  # parses the axes
-        for name in ("seed", "batch_size", "max_samples", "chunk_size"):
+        for name in ("seed", "batch_size", "max_samples", "chunk_size", "points_per_pass"):
             value = getattr(self, name)
             if value is None:
                 continue

@@ -31,6 +31,7 @@ from .problem import (
     resolve_loss,
 )
 from .engine.serial import run_serial
+from .engine.stop import StopRequest
 from .storage import RunRecorder, check_writable, create_surface, open_checked, read_directions
 
 
@@ -137,6 +138,11 @@ def make_evaluator(prepared: Prepared) -> SurfaceEvaluator:
         batch_size=config.batch_size,
         device=prepared.device,
         dir_type=config.dir_type,
+        points_per_pass=config.points_per_pass,
+        vmap=config.vmap,
+        precision=config.precision,
+        compile=config.compile,
+        channels_last=config.channels_last,
     )
 
 
@@ -186,11 +192,14 @@ def run_in_process(config: RunConfig, *, resume: bool = False, overwrite: bool =
     done = start_file(prepared, evaluator, prints)
     chunks = pending_chunks(done, config.chunk_size or default_chunk_size(config.grid.size))
     recorder = RunRecorder.begin(config.out, pending=len(chunks), ranks=1, mode="serial", start=time.time())
+    announce_plan(evaluator, progress and bool(chunks))
     bar = progress_bar(total=int(done.size), initial=int(np.count_nonzero(done)), enabled=progress)
     complete = False
     try:
-        run_serial(evaluator.evaluate, config.grid, chunks, recorder, device=str(prepared.device), progress=bar)
-        complete = True
+        with StopRequest() as stop:
+            complete = run_serial(
+                evaluator.evaluate, config.grid, chunks, recorder, device=str(prepared.device), progress=bar, stop=stop
+            )
     finally:
         bar.close()
         status = recorder.end(complete)
@@ -216,6 +225,14 @@ def mpi_rank() -> int:
     if os.environ.get("SLURM_STEP_ID") is not None and os.environ.get("SLURM_PROCID", "").isdigit():
         return int(os.environ["SLURM_PROCID"])
     return 0
+
+
+def announce_plan(evaluator: SurfaceEvaluator, enabled: bool) -> None:
+    """One line on stderr: how the evaluator runs (vmap or one point per pass, batch size) and why."""
+    if enabled:
+        plan = evaluator.plan
+        data = "on the device" if plan.resident else "streamed"
+        print(f"dsurf: {plan.reason}; batch {plan.batch_size}, data {data} ({evaluator.device})", file=sys.stderr)
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
