@@ -38,8 +38,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="grid points evaluated in one pass over the data with vmap (default: what fits, at most 64)")  # fmt: skip
     add("--vmap", help="auto (default: vmap where one point's pass is overhead-bound), tune (time both, keep the faster), on or off")
     add("--compile", nargs="?", const=True, type=_on_off, metavar="on|off", help="torch.compile the forward pass (default off)")
-    add("--channels-last", dest="channels_last", nargs="?", const=True, type=_on_off, metavar="on|off",
-        help="channels-last memory format for 4-D inputs (default off)")  # fmt: skip
+    add("--channels-last", dest="channels_last", nargs="?", const=True, type=_auto_on_off, metavar="auto|on|off",
+        help="channels-last memory format for 4-D inputs (default auto: on a CPU, off on a GPU)")  # fmt: skip
     add("--rank0", choices=("work", "coordinate"), help="under MPI: rank 0 also evaluates (work, default) or only coordinates")
     add("--out", metavar="PATH", help="surface file to write (default surface.h5)")
     add("--resume", action="store_true", help="continue an existing surface file of the same config")
@@ -61,6 +61,11 @@ def _on_off(text: str) -> bool:
     if str(text).lower() not in value:
         raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
     return value[str(text).lower()]
+
+
+def _auto_on_off(text: str) -> bool | None:
+    """``--channels-last`` alone, ``=on|off``, or ``=auto`` (None: the evaluator decides)."""
+    return None if str(text).lower() == "auto" else _on_off(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

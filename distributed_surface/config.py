@@ -57,7 +57,7 @@ class RunConfig:
     vmap: str = "auto"
     precision: str = "fp32"
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on a CPU, off on a GPU
     rank0: str = "work"
     out: str = "surface.h5"
 
@@ -88,9 +88,10 @@ class RunConfig:
         _choice("rank0", self.rank0, RANK0_ROLES)
         _choice("vmap", self.vmap, VMAP_MODES)
         _choice("precision", self.precision, PRECISIONS)
-        for name in ("compile", "channels_last"):
-            if not isinstance(getattr(self, name), bool):
-                raise UserError(f"--{name.replace('_', '-')} must be on or off, got {getattr(self, name)!r}")
+        if not isinstance(self.compile, bool):
+            raise UserError(f"--compile must be on or off, got {self.compile!r}")
+        if not (self.channels_last is None or isinstance(self.channels_last, bool)):
+            raise UserError(f"--channels-last must be auto, on or off, got {self.channels_last!r}")
         for name, value in (("model", self.model), ("data", self.data), ("loss", self.loss), ("out", self.out)):
             if not isinstance(value, str) or not value:
                 raise UserError(f"--{name} must be a non-empty string")
@@ -160,6 +161,8 @@ def load_toml(path: str) -> dict:
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"config file {path!r}: unknown setting {unknown[0]!r}")
+    if values.get("channels_last") == "auto":  # channels-last = "auto", as on the command line
+        values["channels_last"] = None
     for key in ("x", "y"):  # allow x = [-1, 1, 51] as well as x = "-1:1:51"
         if isinstance(values.get(key), list):
             values[key] = ":".join(str(v) for v in values[key])

@@ -12,7 +12,7 @@ import pytest
 
 from distributed_surface.legacy import read_any_surface
 from helpers import assert_one_line_error
-from test_plot import NX, NY, dsurf_plot, make_surfaces  # noqa: F401  (dsurf_plot: a fixture)
+from test_plot import NX, NY, make_surfaces
 
 vtk_xml = pytest.importorskip("vtkmodules.vtkIOXML", reason="VTK (pip install vtk) reads the exports back")
 from vtkmodules.util.numpy_support import vtk_to_numpy  # noqa: E402
@@ -62,8 +62,8 @@ def vtk_order(values):
 
 
 @pytest.mark.parametrize("kind", ["loss", "acc"])
-def test_vtp_of_a_full_surface(dsurf_plot, files, tmp_path, kind):
-    rc, out, err = dsurf_plot("export", files["2d"].name, "--format", "vtp", "--kind", kind)
+def test_vtp_of_a_full_surface(dsurf, files, tmp_path, kind):
+    rc, out, err = dsurf("export", files["2d"].name, "--format", "vtp", "--kind", kind)
     assert rc == 0 and err == "", err
     assert out.strip() == f"s2_train_{kind}.vtp"
     data = read_any_surface(str(files["2d"]))
@@ -88,8 +88,8 @@ def test_vtp_of_a_full_surface(dsurf_plot, files, tmp_path, kind):
         assert len({tuple(p) for p in corners}) == 4
 
 
-def test_vtp_of_a_partial_surface(dsurf_plot, files, tmp_path):
-    rc, out, err = dsurf_plot("export", files["partial"].name, "--format", "vtp", "--out", "p.vtp")
+def test_vtp_of_a_partial_surface(dsurf, files, tmp_path):
+    rc, out, err = dsurf("export", files["partial"].name, "--format", "vtp", "--out", "p.vtp")
     assert rc == 0, err
     data = read_any_surface(str(files["partial"]))
     poly = read_vtk(tmp_path / "p.vtp")
@@ -109,8 +109,8 @@ def test_vtp_of_a_partial_surface(dsurf_plot, files, tmp_path):
     assert np.isfinite(vtk_to_numpy(poly.GetPoints().GetData())).all()
 
 
-def test_vtp_of_a_1d_surface(dsurf_plot, files, tmp_path):
-    rc, out, err = dsurf_plot("export", files["1d"].name, "--format", "vtp")
+def test_vtp_of_a_1d_surface(dsurf, files, tmp_path):
+    rc, out, err = dsurf("export", files["1d"].name, "--format", "vtp")
     assert rc == 0, err
     data = read_any_surface(str(files["1d"]))
     poly = read_vtk(tmp_path / "s1_train_loss.vtp")
@@ -125,8 +125,8 @@ def test_vtp_of_a_1d_surface(dsurf_plot, files, tmp_path):
 # ---------------------------------------------------------------- VTK StructuredGrid
 
 
-def test_vts_of_a_full_surface(dsurf_plot, files, tmp_path):
-    rc, out, err = dsurf_plot("export", files["2d"].name, "--format", "vts", "--kind", "acc")
+def test_vts_of_a_full_surface(dsurf, files, tmp_path):
+    rc, out, err = dsurf("export", files["2d"].name, "--format", "vts", "--kind", "acc")
     assert rc == 0 and err == "", err
     data = read_any_surface(str(files["2d"]))
     grid = read_vtk(tmp_path / "s2_train_acc.vts")
@@ -142,8 +142,8 @@ def test_vts_of_a_full_surface(dsurf_plot, files, tmp_path):
     assert grid.GetNumberOfCells() == (NX - 1) * (NY - 1)
 
 
-def test_vts_of_a_partial_surface_hides_points_not_done(dsurf_plot, files, tmp_path):
-    rc, out, err = dsurf_plot("export", files["partial"].name, "--format", "vts")
+def test_vts_of_a_partial_surface_hides_points_not_done(dsurf, files, tmp_path):
+    rc, out, err = dsurf("export", files["partial"].name, "--format", "vts")
     assert rc == 0, err
     data = read_any_surface(str(files["partial"]))
     grid = read_vtk(tmp_path / "partial_train_loss.vts")
@@ -156,8 +156,8 @@ def test_vts_of_a_partial_surface_hides_points_not_done(dsurf_plot, files, tmp_p
     assert np.isnan(loss[~done]).all()
 
 
-def test_vts_of_a_1d_surface(dsurf_plot, files, tmp_path):
-    rc, out, err = dsurf_plot("export", files["1d"].name, "--format", "vts", "--out", "c.vts")
+def test_vts_of_a_1d_surface(dsurf, files, tmp_path):
+    rc, out, err = dsurf("export", files["1d"].name, "--format", "vts", "--out", "c.vts")
     assert rc == 0, err
     grid = read_vtk(tmp_path / "c.vts")
     dims = [0, 0, 0]
@@ -174,8 +174,8 @@ def read_csv(path):
     return {name: table[name] for name in table.dtype.names}
 
 
-def test_csv_of_a_2d_surface(dsurf_plot, files, tmp_path):
-    rc, out, err = dsurf_plot("export", files["partial"].name, "--format", "csv")
+def test_csv_of_a_2d_surface(dsurf, files, tmp_path):
+    rc, out, err = dsurf("export", files["partial"].name, "--format", "csv")
     assert rc == 0 and err == "", err
     assert out.strip() == "partial.csv"
     data = read_any_surface(str(files["partial"]))
@@ -192,8 +192,8 @@ def test_csv_of_a_2d_surface(dsurf_plot, files, tmp_path):
     assert (tmp_path / "partial.csv").read_text().splitlines()[-1].endswith(",,")
 
 
-def test_csv_of_a_1d_surface_with_test_values(dsurf_plot, files, tmp_path):
-    rc, out, err = dsurf_plot("export", files["1d_test"].name, "--format", "csv", "--out", "t.csv")
+def test_csv_of_a_1d_surface_with_test_values(dsurf, files, tmp_path):
+    rc, out, err = dsurf("export", files["1d_test"].name, "--format", "csv", "--out", "t.csv")
     assert rc == 0, err
     data = read_any_surface(str(files["1d_test"]))
     assert (tmp_path / "t.csv").read_text().splitlines()[0] == "x,train_loss,train_acc,test_loss,test_acc"
@@ -203,8 +203,8 @@ def test_csv_of_a_1d_surface_with_test_values(dsurf_plot, files, tmp_path):
         np.testing.assert_array_equal(table[name], data.metrics[name])
 
 
-def test_csv_of_a_paper_file(dsurf_plot, files, tmp_path):
-    rc, out, err = dsurf_plot("export", files["legacy"].name, "--format", "csv")
+def test_csv_of_a_paper_file(dsurf, files, tmp_path):
+    rc, out, err = dsurf("export", files["legacy"].name, "--format", "csv")
     assert rc == 0, err
     table = read_csv(tmp_path / "paper.csv")
     full = read_any_surface(str(files["2d"]))
@@ -229,23 +229,23 @@ def test_csv_of_a_paper_file(dsurf_plot, files, tmp_path):
         ([], ["--format"]),
     ],
 )
-def test_bad_options(dsurf_plot, files, tmp_path, args, needles):
+def test_bad_options(dsurf, files, tmp_path, args, needles):
     before = files["2d"].read_bytes()
-    rc, out, err = dsurf_plot("export", files["2d"].name, *args)
+    rc, out, err = dsurf("export", files["2d"].name, *args)
     assert_one_line_error(rc, out, err, *needles)
     assert files["2d"].read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".vtp", ".vts", ".csv") or p.name.startswith("."))  == []
 
 
-def test_bad_files(dsurf_plot, files, tmp_path):
+def test_bad_files(dsurf, files, tmp_path):
     (tmp_path / "text.h5").write_text("not hdf5\n")
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.arange(3)
     for name, needle in [("missing.h5", "no such file"), ("text.h5", "HDF5"), ("other.h5", "not a distributed_surface")]:
-        rc, out, err = dsurf_plot("export", name, "--format", "csv")
+        rc, out, err = dsurf("export", name, "--format", "csv")
         assert_one_line_error(rc, out, err, name, needle)
     with h5py.File(files["2d"], "r+") as f:
         del f["train_acc"]  # a loss-only surface (e.g. --loss mse on float targets)
-    rc, out, err = dsurf_plot("export", files["2d"].name, "--format", "vts", "--kind", "acc")
+    rc, out, err = dsurf("export", files["2d"].name, "--format", "vts", "--kind", "acc")
     assert_one_line_error(rc, out, err, "train_acc")
     assert not list(tmp_path.glob("*.vts"))

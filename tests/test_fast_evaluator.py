@@ -188,8 +188,8 @@ def test_automatic_plan_on_a_cpu_needs_no_forward_pass_beyond_the_probe():
     ev = SurfaceEvaluator(big, directions, x, y, cross_entropy, None)
     assert calls["n"] == 1
     ev.evaluate(offsets(2, 2))
-    assert ev.plan.path == "plain" and ev.plan.batch_size == 200
-    assert calls["n"] == 3
+    assert ev.plan.path == "plain" and ev.plan.batch_size == 100  # CPU_MAX_BATCH splits 200 in two
+    assert calls["n"] == 1 + 2 * 2
 
 
 @pytest.mark.parametrize("vmap", ["on", "off"])
@@ -402,6 +402,18 @@ def test_channels_last_falls_back_for_a_model_that_fails_with_it():
     assert model.conv.weight.is_contiguous()
 
 
+def test_channels_last_by_default_on_a_cpu_only_where_the_model_takes_it(recwarn):
+    x, y = data()
+    ev, model = make(vmap="off")
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain, _ = make(vmap="off", channels_last=False)
+    np.testing.assert_allclose(ev.evaluate(offsets(2))["loss"], plain.evaluate(offsets(2))["loss"], rtol=1e-6)
+    views = Views()
+    directions = make_directions(base_tensors(views, "weights"), 2, "filter", "biasbn", 0)
+    SurfaceEvaluator(views, directions, x, y, cross_entropy, 16, vmap="off")  # falls back without a word
+    assert views.conv.weight.is_contiguous() and not [w for w in recwarn if "channels-last" in str(w.message)]
+
+
 def test_float64_model_under_vmap_agrees_to_1e12():
     model = cnn().double()
     x, y = data()
@@ -484,3 +496,15 @@ def test_precision_error_bounds_are_what_the_readme_says():
     for precision, bound in PRECISION_LOSS_ERROR.items():
         assert f"| {precision} | {bound:g} |" in readme, precision
     assert evaluate_module.PRECISIONS == tuple(PRECISION_LOSS_ERROR)
+
+
+def test_channels_last_auto_on_the_command_line_and_in_toml(tmp_path):
+    from distributed_surface.cli import build_parser
+    from distributed_surface.config import load_toml
+
+    parse = build_parser().parse_args
+    assert parse(["run", "--channels-last=auto"]).channels_last is None
+    assert parse(["run", "--channels-last"]).channels_last is True
+    assert parse(["run", "--channels-last=off"]).channels_last is False
+    (tmp_path / "s.toml").write_text('channels-last = "auto"\n')
+    assert load_toml(str(tmp_path / "s.toml"))["channels_last"] is None

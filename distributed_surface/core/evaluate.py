@@ -67,6 +67,10 @@ MAX_POINTS_PER_PASS = 64
 # On a CPU the fastest batch keeps the largest activation about cache-sized (ResNet-20 on 2 EPYC cores:
 # 128-256 samples); on a GPU the batch and K fill this share of the free memory.
 CPU_WORKING_SET_BYTES = 8 * 2**20
+# One point per pass on a CPU: at most this many samples a batch. Measured on 2 EPYC cores (fp32, and
+# channels-last): ResNet-20 runs fastest at 128-256, the built-in example at 128 (2-3× faster than at
+# 899, where the working-set rule alone would put it; see benchmarks/README.md).
+CPU_MAX_BATCH = 128
 GPU_MEMORY_FRACTION = 0.6
 # Data stays on the GPU when it takes at most this share of the free memory (the rest is for activations).
 RESIDENT_FRACTION = 0.5
@@ -142,7 +146,7 @@ class SurfaceEvaluator:
     the model allows) or "off" (one point at a time);
     ``precision`` "fp32" (exact: TF32 is switched off on the GPU), "tf32" (TF32 matmuls and
     convolutions on GPUs that have them; the same as fp32 on a CPU) or "bf16" (autocast to bfloat16);
-    ``compile`` (``torch.compile`` the forward pass); ``channels_last`` (for 4-D inputs); ``resident``
+    ``compile`` (``torch.compile`` the forward pass); ``channels_last`` (for 4-D inputs; None: on a CPU only); ``resident``
     (None: keep the data on the device where it fits, else stream it; True/False to force).
     """
 
@@ -161,7 +165,7 @@ class SurfaceEvaluator:
         vmap: str = "auto",
         precision: str = "fp32",
         compile: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         resident: bool | None = None,
     ):
         if batch_size is not None and batch_size < 1:
@@ -181,9 +185,13 @@ class SurfaceEvaluator:
         self.vmap_mode = vmap
         self._batch_size = batch_size
         self._points_per_pass = points_per_pass
-        self._channels_last = bool(channels_last) and inputs.dim() == 4
-        if self._channels_last:
-            self._channels_last = self._try_channels_last(inputs)
+        # None: channels-last on a CPU, where it measured 1.1-2.5× faster (benchmarks/), and only where
+        # the model accepts it; not on a GPU, where it is not measured yet.
+        asked = self.device.type == "cpu" if channels_last is None else bool(channels_last)
+        self._channels_last = asked and inputs.dim() == 4
+        # Before the tensors are taken: converting the model's memory format replaces their storage.
+        probe = self._probe(inputs[: min(len(inputs), 2)], warn=channels_last is not None)
+        self.outputs = ("loss", "acc") if is_class_labels(probe, targets[: len(probe)].to(self.device)) else ("loss",)
 
         live = base_tensors(self.model, dir_type)
         names = [name for name, t in live.items() if is_movable(t)]
@@ -204,7 +212,6 @@ class SurfaceEvaluator:
             self.targets = targets.to(self.device)
         else:
             self.inputs, self.targets = _pinned(inputs, self.device), _pinned(targets, self.device)
-        self.outputs = ("loss", "acc") if self._classifies() else ("loss",)
         self._flat_loss = loss_fn in BUILTIN_LOSSES.values()  # row-wise: K points' outputs in one call
         self._forward_plain: Callable = self.model
         self._forward_many: Callable = torch.vmap(self._functional, in_dims=(0, None), randomness="error")
@@ -213,20 +220,34 @@ class SurfaceEvaluator:
             self._forward_many = _compiled(self._forward_many, "the vmapped model")
         self._plan: Plan | None = None
 
-    def _try_channels_last(self, inputs: torch.Tensor) -> bool:
-        """Convert the model to channels-last; where it then fails on the data (``.view`` of an
-        activation, say), convert it back and warn."""
+    def _probe(self, x: torch.Tensor, warn: bool) -> torch.Tensor:
+        """The model's outputs on a few samples, in channels-last where that is on. Where the model fails
+        in channels-last (``.view`` of an activation, say), it goes back to the contiguous format (with
+        a warning, where channels-last was asked for) and the probe runs again."""
+        if not self._channels_last:
+            return self._profiled_forward(x)
         self.model.to(memory_format=torch.channels_last)
         try:
-            with torch.no_grad():
-                self.model(inputs[:2].to(self.device).contiguous(memory_format=torch.channels_last))
-        except Exception as exc:  # noqa: BLE001
+            return self._profiled_forward(x)
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the contiguous model is the judge
             self.model.to(memory_format=torch.contiguous_format)
-            lines = str(exc).strip().splitlines()
-            warnings.warn(f"distributed_surface: channels-last off: the model fails with it "
-                          f"({type(exc).__name__}: {lines[0] if lines else ''})", RuntimeWarning, stacklevel=3)  # fmt: skip
-            return False
-        return True
+            self._channels_last = False
+            if warn:
+                lines = str(exc).strip().splitlines()
+                warnings.warn(f"distributed_surface: channels-last off: the model fails with it "
+                              f"({type(exc).__name__}: {lines[0] if lines else ''})", RuntimeWarning, stacklevel=4)  # fmt: skip
+            return self._profiled_forward(x)
+
+    def _profiled_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One forward pass: the outputs, and the model's profile for the plan (FLOPs, module calls,
+        largest activation per sample), so that planning on a CPU needs no other forward pass."""
+        x = self._to_device(x)
+        with torch.no_grad():
+            try:
+                out, self._profile = _profiled(self.model, x)
+            except Exception:  # noqa: BLE001 - a model FlopCounterMode cannot follow: no profile
+                out, self._profile = self.model(x), None
+        return out
 
     @property
     def num_samples(self) -> int:
@@ -238,18 +259,6 @@ class SurfaceEvaluator:
         if self._plan is None:
             self._plan = self._make_plan()
         return self._plan
-
-    def _classifies(self) -> bool:
-        """One forward pass on one sample: whether the targets are class labels, and the model's profile
-        for the plan (FLOPs, module calls, largest activation per sample), so that planning on a CPU
-        needs no other forward pass."""
-        x = self._to_device(self.inputs[:1])
-        with torch.no_grad():
-            try:
-                probe, self._profile = _profiled(self.model, x)
-            except Exception:  # noqa: BLE001 - a model FlopCounterMode cannot follow: no profile
-                probe, self._profile = self.model(x), None
-        return is_class_labels(probe, self.targets[:1])
 
     # -- evaluation -----------------------------------------------------------------------------------
 
@@ -420,7 +429,8 @@ class SurfaceEvaluator:
         n = self.num_samples
         fixed = self._batch_size is not None and (self.vmap_mode == "off" or not self._live)
         pairs = n if fixed else self._pairs_per_pass()  # samples × points that one pass may hold
-        plain_batch = self._batch_size or _even_batch(n, min(pairs, MAX_BATCH))
+        cap = CPU_MAX_BATCH if self.device.type == "cpu" else MAX_BATCH
+        plain_batch = self._batch_size or _even_batch(n, min(pairs, cap))
         plain = Plan("plain", 1, plain_batch, self.resident, "")
         if self.vmap_mode == "off":
             plain.reason = "one point per pass (vmap off)"
