@@ -55,17 +55,19 @@ RUN_SETTINGS = (
 )  # fmt: skip
 
 
-def _on_off(text: str) -> bool:
+def _on_off(text: str, auto: bool = False) -> bool | str:
     """``--compile`` alone, ``--compile=on|off`` (also true/false, yes/no, 1/0)."""
-    value = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
-    if str(text).lower() not in value:
-        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-    return value[str(text).lower()]
+    from .config import parse_switch
+
+    value = parse_switch(text, auto=auto)
+    if not isinstance(value, bool) and value != "auto":
+        raise argparse.ArgumentTypeError(f"expected {'auto, ' if auto else ''}on or off, got {text!r}")
+    return value
 
 
-def _auto_on_off(text: str) -> bool | None:
-    """``--channels-last`` alone, ``=on|off``, or ``=auto`` (None: the evaluator decides)."""
-    return None if str(text).lower() == "auto" else _on_off(text)
+def _auto_on_off(text: str) -> bool | str:
+    """``--channels-last`` alone, ``=on|off``, or ``=auto`` (the evaluator decides)."""
+    return _on_off(text, auto=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

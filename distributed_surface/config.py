@@ -57,7 +57,7 @@ class RunConfig:
     vmap: str = "auto"
     precision: str = "fp32"
     compile: bool = False
-    channels_last: bool | None = None  # None: on a CPU, off on a GPU
+    channels_last: bool | str = "auto"  # auto: on a CPU, off on a GPU
     rank0: str = "work"
     out: str = "surface.h5"
 
@@ -90,7 +90,7 @@ class RunConfig:
         _choice("precision", self.precision, PRECISIONS)
         if not isinstance(self.compile, bool):
             raise UserError(f"--compile must be on or off, got {self.compile!r}")
-        if not (self.channels_last is None or isinstance(self.channels_last, bool)):
+        if not (self.channels_last == "auto" or isinstance(self.channels_last, bool)):
             raise UserError(f"--channels-last must be auto, on or off, got {self.channels_last!r}")
         for name, value in (("model", self.model), ("data", self.data), ("loss", self.loss), ("out", self.out)):
             if not isinstance(value, str) or not value:
@@ -134,6 +134,18 @@ class RunConfig:
 
         return [name for name in SURFACE_FIELDS if value(self, name) != value(other, name)]
 
+_SWITCH_WORDS = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+
+
+def parse_switch(text: str, auto: bool = False) -> bool | str:
+    """on/off (also true/false, yes/no, 1/0) as a bool; "auto" as itself where ``auto``; else the text
+    unchanged, for the validation to name."""
+    word = str(text).lower()
+    if auto and word == "auto":
+        return "auto"
+    return _SWITCH_WORDS.get(word, text)
+
+
 def _choice(flag: str, value, allowed) -> None:
     if value not in allowed:
         raise UserError(f"--{flag} {value!r}: expected one of {', '.join(allowed)}")
@@ -161,8 +173,9 @@ def load_toml(path: str) -> dict:
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"config file {path!r}: unknown setting {unknown[0]!r}")
-    if values.get("channels_last") == "auto":  # channels-last = "auto", as on the command line
-        values["channels_last"] = None
+    for key in ("compile", "channels_last"):  # "on", "off" (and "auto") as on the command line
+        if isinstance(values.get(key), str):
+            values[key] = parse_switch(values[key], auto=key == "channels_last")
     for key in ("x", "y"):  # allow x = [-1, 1, 51] as well as x = "-1:1:51"
         if isinstance(values.get(key), list):
             values[key] = ":".join(str(v) for v in values[key])

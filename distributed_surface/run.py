@@ -142,7 +142,7 @@ def make_evaluator(prepared: Prepared) -> SurfaceEvaluator:
         vmap=config.vmap,
         precision=config.precision,
         compile=config.compile,
-        channels_last=config.channels_last,
+        channels_last=None if config.channels_last == "auto" else config.channels_last,
     )
 
 
@@ -195,14 +195,15 @@ def run_in_process(config: RunConfig, *, resume: bool = False, overwrite: bool =
     announce_plan(evaluator, progress and bool(chunks))
     bar = progress_bar(total=int(done.size), initial=int(np.count_nonzero(done)), enabled=progress)
     complete = False
-    try:
-        with StopRequest() as stop:
+    # The handlers stay until the file is closed: a second signal must not cut the close short.
+    with StopRequest() as stop:
+        try:
             complete = run_serial(
                 evaluator.evaluate, config.grid, chunks, recorder, device=str(prepared.device), progress=bar, stop=stop
             )
-    finally:
-        bar.close()
-        status = recorder.end(complete)
+        finally:
+            bar.close()
+            status = recorder.end(complete)
     return status
 
 

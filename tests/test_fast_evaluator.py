@@ -502,9 +502,15 @@ def test_channels_last_auto_on_the_command_line_and_in_toml(tmp_path):
     from distributed_surface.cli import build_parser
     from distributed_surface.config import load_toml
 
+    from distributed_surface.cli import run_config
+
     parse = build_parser().parse_args
-    assert parse(["run", "--channels-last=auto"]).channels_last is None
+    assert parse(["run", "--channels-last=auto"]).channels_last == "auto"
     assert parse(["run", "--channels-last"]).channels_last is True
     assert parse(["run", "--channels-last=off"]).channels_last is False
-    (tmp_path / "s.toml").write_text('channels-last = "auto"\n')
-    assert load_toml(str(tmp_path / "s.toml"))["channels_last"] is None
+    (tmp_path / "s.toml").write_text('channels-last = "auto"\ncompile = "off"\n')
+    assert load_toml(str(tmp_path / "s.toml")) == {"channels_last": "auto", "compile": False}
+    (tmp_path / "on.toml").write_text('channels-last = "on"\n')
+    assert run_config(parse(["run", str(tmp_path / "on.toml")])).channels_last is True
+    # a flag overrides the file, "auto" included
+    assert run_config(parse(["run", str(tmp_path / "on.toml"), "--channels-last=auto"])).channels_last == "auto"

@@ -81,3 +81,19 @@ def test_abandoning_signal_interrupts_only_abandonable_sections():
     finally:
         fresh.uninstall()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_usr1_after_term_still_abandons():
+    """The batch script forwards a USR1 to every rank after SLURM's TERM: the TERM must still count."""
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.signal_name == "SIGUSR1"
+        with pytest.raises(Interrupted):
+            with stop.abandonable():
+                pass
+    with StopRequest() as graceful:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with graceful.abandonable():  # USR1 alone: the chunk in hand is finished
+            pass
+        assert graceful.requested

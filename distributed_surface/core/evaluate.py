@@ -11,8 +11,9 @@ evaluates a chunk of points at a time, in one of two ways:
   error accumulates), the data passes through, and θ0 is restored bit for bit at the end.
 
 Both agree to about 1e-7 relative in fp32 (the same arithmetic, summed in another order). The plan is
-decided at the first call. ``vmap="auto"`` (the default) decides without timing, so that every rank and
-every run of a surface computes a point the same way: vmap where one point's forward pass is dominated by
+decided at the first call. ``vmap="auto"`` (the default) decides without timing, so that ranks on like
+devices compute a point the same way (the batch size and K still follow the free memory, on a GPU
+especially; values then agree to ~1e-7): vmap where one point's forward pass is dominated by
 per-operation overhead rather than arithmetic (its FLOPs, counted with ``FlopCounterMode`` on the probe
 sample, below ``VMAP_FLOPS_PER_MODULE`` for the device per module call), after checking on a few samples
 that vmap gives the model's own outputs. ``vmap="tune"`` times one point per pass against K per pass on
@@ -738,8 +739,8 @@ def _tf32(enabled: bool):
 
 
 def _compiled(function: Callable, what: str) -> Callable:
-    """``torch.compile(function)``; where compiling fails at the first call, the function as it is, with
-    a warning."""
+    """``torch.compile(function)``; where compiling fails, the function as it is, with a warning.
+    Running out of memory is not a compile failure: it goes to the caller (evaluate() halves K)."""
     # Static shapes: a few distinct batch shapes occur (a probe, the batch, a shorter last batch), and
     # kernels specialised to each are faster than one dynamic-shape kernel.
     compiled = torch.compile(function, dynamic=False)
@@ -748,12 +749,15 @@ def _compiled(function: Callable, what: str) -> Callable:
     def call(*args):
         try:
             return state["call"](*args)
+        except torch.OutOfMemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001
             if state["call"] is function:
                 raise
+            message = str(exc).strip()
             warnings.warn(f"distributed_surface: torch.compile failed on {what}, running it eagerly: "
-                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                          RuntimeWarning, stacklevel=2)
+                          f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}",
+                          RuntimeWarning, stacklevel=2)  # fmt: skip
             state["call"] = function
             return function(*args)
 

@@ -64,14 +64,20 @@ def run_distributed(config: RunConfig, *, resume: bool, overwrite: bool, progres
     A user mistake found in set-up is reported once, by rank 0, and every rank exits with it; any other
     failure on any rank aborts the whole job."""
     try:
-        return _run_distributed(config, resume=resume, overwrite=overwrite, progress=progress)
+        # From the start, on every rank (mpirun and srun pass signals on to all of them): a warning
+        # that comes while the model loads must not kill the rank; it stops the run at its first chunk.
+        # Until the file is closed, too: a second signal must not cut the collective close short.
+        with StopRequest() as stop:
+            return _run_distributed(config, resume=resume, overwrite=overwrite, progress=progress, stop=stop)
     except (UserError, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001
         _abort(exc)
 
 
-def _run_distributed(config: RunConfig, *, resume: bool, overwrite: bool, progress: bool) -> str:
+def _run_distributed(
+    config: RunConfig, *, resume: bool, overwrite: bool, progress: bool, stop: StopRequest
+) -> str:
     comm = MPI.COMM_WORLD.Dup()
     rank, size = comm.Get_rank(), comm.Get_size()
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
@@ -131,8 +137,6 @@ def _run_distributed(config: RunConfig, *, resume: bool, overwrite: bool, progre
         # Ranks sharing a node's cores: give each its share rather than every rank all the cores.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
 
-    stop = StopRequest().install()  # every rank: mpirun and srun pass signals on to all of them
-
     def work():
         _work(comm, evaluator, config, recorder if mode == "mpio" else None, device_name, stop)
 
@@ -159,7 +163,6 @@ def _run_distributed(config: RunConfig, *, resume: bool, overwrite: bool, progre
         complete = outcome["finished"] == len(chunks)
     else:
         _guarded(work)
-    stop.uninstall()
     complete, end_time = comm.bcast((complete, time.time()), root=0)
     if recorder is not None:
         recorder.end(complete, end_time=end_time)

@@ -34,6 +34,8 @@ class StopRequest:
     def __init__(self):
         self.requested = False
         self.signal_name: str | None = None
+        # Set for good by SIGTERM/SIGINT: a USR1 after it (the batch script forwards one) must not undo it.
+        self.abandon = False
         self._abandonable = False
         self._previous = {}
 
@@ -59,16 +61,20 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        if signum in ABANDONING_SIGNALS and self._abandonable:
-            self._abandonable = False
-            raise Interrupted(self.signal_name)
+        if signum in ABANDONING_SIGNALS:
+            self.abandon = True
+            if self._abandonable:
+                self._abandonable = False
+                raise Interrupted(self.signal_name)
 
     @contextlib.contextmanager
     def abandonable(self):
         """A section that an abandoning signal may cut short (evaluating a chunk)."""
-        if self.requested and self.signal_name in {s.name for s in ABANDONING_SIGNALS}:
-            raise Interrupted(self.signal_name)
+        # Open the section first, then look: a signal between the two is then never missed.
         self._abandonable = True
+        if self.abandon:
+            self._abandonable = False
+            raise Interrupted(self.signal_name)
         try:
             yield
         finally:
