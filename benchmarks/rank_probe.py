@@ -5,9 +5,6 @@ does, and at exit writes this rank's measurements to ``$DSURF_PROBE_DIR/rank<R>.
 - ``coordinator_cpu_s`` / ``coordinator_wall_s`` (rank 0): CPU and wall time of the engine's coordinator
   (its ``_coordinate`` function is wrapped, nothing else changes): the coordinator's cost.
 
-``DSURF_PROBE_POLL_SECONDS`` (an experiment, not used by the benchmarks' results) overrides the engine's
-polling interval ``POLL_SECONDS``.
-
     mpirun -np 8 .venv/bin/python benchmarks/rank_probe.py run --model ... --out s.h5
 """
 
@@ -48,9 +45,6 @@ def main() -> int:
 def _wrap_coordinator(record: dict) -> None:
     from distributed_surface.engine import mpi as engine
 
-    if os.environ.get("DSURF_PROBE_POLL_SECONDS"):  # an experiment only: the engine's polling interval
-        engine.POLL_SECONDS = float(os.environ["DSURF_PROBE_POLL_SECONDS"])
-        record["poll_seconds"] = engine.POLL_SECONDS
     real = getattr(engine, "_coordinate", None)
     if real is None:
         record["coordinator"] = "engine has no _coordinate: not measured"

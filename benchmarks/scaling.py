@@ -254,9 +254,7 @@ def main() -> None:
         ),  # fmt: skip
         "",
         f"## Simulated evaluator: {args.grid}×{args.grid} grid, {1000 * args.sleep:.0f} ms per point, rank 1 at "
-        f"{2000 * args.sleep:.0f} ms, --rank0 {args.rank0}, --chunk-size {args.chunk_size or 'default'}"
-        + (f", engine POLL_SECONDS overridden to {os.environ['DSURF_PROBE_POLL_SECONDS']} (experiment)"
-           if os.environ.get("DSURF_PROBE_POLL_SECONDS") else ""),
+        f"{2000 * args.sleep:.0f} ms, --rank0 {args.rank0}, --chunk-size {args.chunk_size or 'default (guided)'}",
         "",
         table(
             ["N", "wall s", "ideal s", "efficiency (dynamic)", "chunk phase s", "efficiency in the chunk phase",

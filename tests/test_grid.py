@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distributed_surface.core.grid import Axis, Grid, chunk_bounds, default_chunk_size, pending_chunks
+from distributed_surface.core.grid import Axis, Grid, chunk_bounds, default_chunk_size, guided_chunks, pending_chunks
 
 
 @pytest.mark.parametrize(
@@ -117,3 +117,17 @@ def test_default_chunk_size_is_sane():
         for workers in (1, 4):
             c = default_chunk_size(size, workers)
             assert 1 <= c <= max(1, size)
+
+
+def test_guided_chunks_shrink_to_single_points_and_cover_each_pending_point_once():
+    done = np.zeros((51, 51), dtype=np.uint8)
+    done.reshape(-1)[::7] = 1
+    chunks = guided_chunks(done, workers=8, max_size=64)
+    sizes = [len(c) for c in chunks]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 1 and max(sizes) <= 64
+    assert sizes[0] == min(64, -(-np.count_nonzero(done == 0) // 16))
+    assert [len(c) for c in guided_chunks(done, workers=64)][:2] == [18, 18]  # 2229 / 128, rounded up
+    flat = np.concatenate(chunks)
+    np.testing.assert_array_equal(flat, np.flatnonzero(done.reshape(-1) == 0))  # once each, in order
+    assert guided_chunks(np.ones(5, dtype=np.uint8), workers=3) == []
+    assert [len(c) for c in guided_chunks(np.zeros(3, dtype=np.uint8), workers=64)] == [1, 1, 1]

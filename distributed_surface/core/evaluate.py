@@ -14,7 +14,7 @@ Both agree to about 1e-7 relative in fp32 (the same arithmetic, summed in anothe
 decided at the first call. ``vmap="auto"`` (the default) decides without timing, so that ranks on like
 devices compute a point the same way (the batch size and K still follow the free memory, on a GPU
 especially; values then agree to ~1e-7): vmap where one point's forward pass is dominated by
-per-operation overhead rather than arithmetic (its FLOPs, counted with ``FlopCounterMode`` on the probe
+per-operation overhead rather than arithmetic (its FLOPs, counted with forward hooks on the probe
 sample, below ``VMAP_FLOPS_PER_MODULE`` for the device per module call), after checking on a few samples
 that vmap gives the model's own outputs. ``vmap="tune"`` times one point per pass against K per pass on
 a batch and keeps the faster (plans may then differ between ranks: values agree to ~1e-6). A model vmap
@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import FlopCounterMode
 from torch.utils._pytree import tree_map
 
 from .directions import Direction, base_tensors, is_movable
@@ -246,7 +245,7 @@ class SurfaceEvaluator:
         with torch.no_grad():
             try:
                 out, self._profile = _profiled(self.model, x)
-            except Exception:  # noqa: BLE001 - a model FlopCounterMode cannot follow: no profile
+            except Exception:  # noqa: BLE001 - a model the hooks cannot follow: no profile
                 out, self._profile = self.model(x), None
         return out
 
@@ -651,32 +650,45 @@ def _even_batch(n: int, cap: int) -> int:
 
 
 def _profiled(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """The model's output on ``x`` and its profile per sample: FLOPs (convolutions and matmuls, from
-    ``FlopCounterMode``), leaf-module calls, and the largest and total bytes its modules output."""
-    sizes, calls = [], [0]
+    """The model's output on ``x`` and its profile per sample: FLOPs of its convolution and linear
+    layers (2 per multiply-add; other modules and functional matmuls are not counted), leaf-module
+    calls, and the largest and total bytes its modules output. Counted with forward hooks: torch's
+    ``FlopCounterMode`` would cost every rank ~1 s and ~80 MiB the first time it runs."""
+    sizes, calls, flops = [], [0], [0.0]
 
     def hook(module, args, output):
         if not any(True for _ in module.children()):
             calls[0] += 1
-        for t in output if isinstance(output, (tuple, list)) else (output,):
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        for t in outputs:
             if isinstance(t, torch.Tensor):
                 sizes.append(t.nbytes)
+        if isinstance(output, torch.Tensor):
+            flops[0] += _module_flops(module, output)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
-        with FlopCounterMode(display=False) as counter:
-            out = model(x)
+        out = model(x)
     finally:
         for handle in handles:
             handle.remove()
     n = max(1, len(x))
     profile = {
-        "flops_per_sample": counter.get_total_flops() / n,
+        "flops_per_sample": flops[0] / n,
         "module_calls": calls[0],
         "largest_bytes": (max(sizes) if sizes else x.nbytes) // n,
         "total_bytes": (sum(sizes) if sizes else x.nbytes) // n,
     }
     return out, profile
+
+
+def _module_flops(module: nn.Module, output: torch.Tensor) -> float:
+    """2 × the multiply-adds of a convolution or linear layer that produced ``output``; 0 for others."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return 2.0 * output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, nn.Linear):
+        return 2.0 * output.numel() * module.in_features
+    return 0.0
 
 
 def _activation_bytes(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:

@@ -106,3 +106,17 @@ def default_chunk_size(grid_size: int, workers: int = 1) -> int:
     """Chunks small enough to balance ``workers`` (about 8 per worker) and to lose little work when a
     run stops, large enough to amortise per-chunk overhead."""
     return max(1, min(64, grid_size // (8 * max(1, workers)) or 1))
+
+
+def guided_chunks(done: np.ndarray, workers: int, max_size: int = 64) -> list[np.ndarray]:
+    """The flat indices still to compute, in chunks that shrink as the work runs out (guided
+    self-scheduling): each is the pending points left over ``2 × workers``, between 1 and ``max_size``.
+    Early chunks are large (few messages and writes); the last ones are single points, so that at the
+    end no worker, however slow, holds a large chunk while the others wait."""
+    pending = np.flatnonzero(np.asarray(done).reshape(-1) == 0)
+    chunks, start = [], 0
+    while start < pending.size:
+        size = min(max_size, max(1, -(-(pending.size - start) // (2 * max(1, workers)))))
+        chunks.append(pending[start : start + size])
+        start += size
+    return chunks

@@ -29,7 +29,7 @@ import torch
 from mpi4py import MPI
 
 from ..config import RunConfig
-from ..core.grid import default_chunk_size, pending_chunks
+from ..core.grid import guided_chunks, pending_chunks
 from ..errors import UserError
 from ..problem import resolve_device
 from ..run import (
@@ -48,7 +48,11 @@ from .stop import Interrupted, StopRequest
 
 TAG_REQUEST = 11  # worker -> coordinator: the chunk just finished (or None), and a request for the next
 TAG_ASSIGN = 12  # coordinator -> worker: (slot, indices) of the next chunk, or None: stop
-POLL_SECONDS = 0.002  # the coordinator polls rather than blocks, so it leaves the CPU to the workers
+# The coordinator polls rather than blocks (a blocking receive spins a core in Open MPI), so it leaves the
+# CPU to the workers: after each message it looks again at once, then sleeps from 1 ms doubling to 8 ms
+# while no worker asks. (A fixed 2 ms cost 1-2% of a core at 64 ranks: benchmarks/results/scaling_cpu.md.)
+POLL_MIN_SECONDS = 0.001
+POLL_MAX_SECONDS = 0.008
 
 
 def io_mode() -> str:
@@ -120,7 +124,9 @@ def _run_distributed(
 
     # 3. Open the file (every rank under mpio; rank 0 alone in gather mode) and compute.
     done = setup["done"]
-    chunks = pending_chunks(done, config.chunk_size or default_chunk_size(config.grid.size, size))
+    # Without --chunk-size, chunks shrink towards the end (guided), so the run ends evenly on all ranks.
+    workers = size if rank0_works else size - 1
+    chunks = pending_chunks(done, config.chunk_size) if config.chunk_size else guided_chunks(done, workers)
     recorder = None
     if mode == "mpio" or rank == 0:
         recorder = RunRecorder.begin(
@@ -145,7 +151,6 @@ def _run_distributed(
         if evaluator is not None:
             announce_plan(evaluator, progress and bool(chunks))
         bar = progress_bar(total=int(done.size), initial=int(np.count_nonzero(done)), enabled=progress)
-        workers = size if rank0_works else size - 1
         outcome = {}
 
         def coordinate():
@@ -210,10 +215,13 @@ def _coordinate(comm: MPI.Comm, chunks, workers: int, gather_recorder, bar, stop
     next_slot, finished, active = 0, 0, workers
     stopping = False
     status = MPI.Status()
+    pause = POLL_MIN_SECONDS
     while active:
         if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQUEST, status=status):
-            time.sleep(POLL_SECONDS)
+            time.sleep(pause)
+            pause = min(2 * pause, POLL_MAX_SECONDS)
             continue
+        pause = POLL_MIN_SECONDS
         source = status.Get_source()
         report, worker_stopping = comm.recv(source=source, tag=TAG_REQUEST)
         stopping = stopping or worker_stopping or stop.requested
