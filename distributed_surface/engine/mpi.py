@@ -46,16 +46,13 @@ from ..storage import RunRecorder
 from .serial import ChunkResult, evaluate_chunk
 from .stop import Interrupted, StopRequest
 
-# worker -> coordinator: (report, stopping, more): the chunk finished last (or None), whether this rank
-# has a stop request, and whether it asks for another chunk (False: its last message).
-TAG_REQUEST = 11
-TAG_ASSIGN = 12  # coordinator -> worker: (slot, indices) of a chunk, or None: no more
+TAG_REQUEST = 11  # worker -> coordinator: the chunk just finished (or None), and a request for the next
+TAG_ASSIGN = 12  # coordinator -> worker: (slot, indices) of the next chunk, or None: stop
 # The coordinator polls rather than blocks (a blocking receive spins a core in Open MPI), so it leaves the
-# CPU to the workers: after each message it looks again at once, then sleeps from 1 ms doubling to 32 ms
-# while no worker asks. Every wake-up costs ~0.1 ms of CPU here (a fixed 2 ms poll took 1-2% of a core);
-# the workers do not wait on it, since each asks for its next chunk before it computes the current one.
+# CPU to the workers: after each message it looks again at once, then sleeps from 1 ms doubling to 8 ms
+# while no worker asks. (A fixed 2 ms cost 1-2% of a core at 64 ranks: benchmarks/results/scaling_cpu.md.)
 POLL_MIN_SECONDS = 0.001
-POLL_MAX_SECONDS = 0.032
+POLL_MAX_SECONDS = 0.008
 
 
 def io_mode() -> str:
@@ -214,7 +211,7 @@ def _abort(exc: BaseException) -> None:
 def _coordinate(comm: MPI.Comm, chunks, workers: int, gather_recorder, bar, stop: StopRequest) -> int:
     """Hand ``chunks`` out one at a time to whichever worker asks; return how many were finished.
     Once any rank reports a stop request (or rank 0 has one), no more chunks are handed out: every
-    worker is told so at its next request, and its last message brings the report of its last chunk."""
+    worker is told to stop at its next request."""
     next_slot, finished, active = 0, 0, workers
     stopping = False
     status = MPI.Status()
@@ -226,51 +223,41 @@ def _coordinate(comm: MPI.Comm, chunks, workers: int, gather_recorder, bar, stop
             continue
         pause = POLL_MIN_SECONDS
         source = status.Get_source()
-        report, worker_stopping, more = comm.recv(source=source, tag=TAG_REQUEST)
+        report, worker_stopping = comm.recv(source=source, tag=TAG_REQUEST)
         stopping = stopping or worker_stopping or stop.requested
         if report is not None:
             if gather_recorder is not None:
                 gather_recorder.write_result(report)
             finished += 1
             bar.update(report.indices.size if isinstance(report, ChunkResult) else report)
-        if not more:
-            active -= 1
-        elif next_slot < len(chunks) and not stopping:
+        if next_slot < len(chunks) and not stopping:
             comm.send((next_slot, chunks[next_slot]), dest=source, tag=TAG_ASSIGN)
             next_slot += 1
         else:
             comm.send(None, dest=source, tag=TAG_ASSIGN)
+            active -= 1
     return finished
 
 
 def _work(comm: MPI.Comm, evaluator, config: RunConfig, recorder, device: str, stop: StopRequest) -> None:
-    """Evaluate chunks until told there are no more; write each (mpio) or send it to rank 0. Each request
-    for the next chunk goes out before the current one is computed, so the answer is there when it is
-    done; it carries the report of the chunk before, and this rank's stop request. A chunk that arrives
-    after a stop request is left for the next run."""
+    """Ask for chunks until told to stop; evaluate each, write it (mpio) or send it to rank 0. A stop
+    request is passed on to the coordinator with the next request."""
     rank, grid = comm.Get_rank(), config.grid
     report = None
-    comm.send((None, stop.requested, True), dest=0, tag=TAG_REQUEST)
-    upcoming = comm.recv(source=0, tag=TAG_ASSIGN)
-    while upcoming is not None and not stop.requested:
-        slot, indices = upcoming
-        comm.send((report, stop.requested, True), dest=0, tag=TAG_REQUEST)
-        answer = comm.irecv(source=0, tag=TAG_ASSIGN)
+    while True:
+        comm.send((report, stop.requested), dest=0, tag=TAG_REQUEST)
+        assignment = comm.recv(source=0, tag=TAG_ASSIGN)
+        if assignment is None:
+            return
+        slot, indices = assignment
         report = None
         try:
             with stop.abandonable():
                 result = evaluate_chunk(evaluator.evaluate, grid, slot, indices, rank=rank, device=device)
         except Interrupted:
-            result = None  # abandoned: the coordinator hears of the stop with the next message
-        if result is not None:
-            report = _store(result, recorder)
-        upcoming = answer.wait()
-    comm.send((report, stop.requested, False), dest=0, tag=TAG_REQUEST)
-
-
-def _store(result: ChunkResult, recorder):
-    """Write a chunk's result (mpio: this rank writes; report its size) or hand it to rank 0 (gather)."""
-    if recorder is not None:
-        recorder.write_result(result)
-        return len(result.indices)
-    return result
+            continue  # abandoned: the coordinator hears of the stop with the next request
+        if recorder is not None:
+            recorder.write_result(result)
+            report = len(indices)
+        else:
+            report = result
