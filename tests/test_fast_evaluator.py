@@ -12,7 +12,7 @@ from torch import nn
 
 import distributed_surface.core.evaluate as evaluate_module
 from distributed_surface.core.directions import base_tensors, make_directions
-from distributed_surface.core.evaluate import PRECISION_LOSS_ERROR, SurfaceEvaluator, cross_entropy, mse
+from distributed_surface.core.evaluate import CPU_MAX_BATCH, PRECISION_LOSS_ERROR, SurfaceEvaluator, cross_entropy, mse
 
 N, CLASSES = 50, 4  # 50 samples: batches of 16 leave a short last batch
 
@@ -514,3 +514,16 @@ def test_channels_last_auto_on_the_command_line_and_in_toml(tmp_path):
     assert run_config(parse(["run", str(tmp_path / "on.toml")])).channels_last is True
     # a flag overrides the file, "auto" included
     assert run_config(parse(["run", str(tmp_path / "on.toml"), "--channels-last=auto"])).channels_last == "auto"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torchscript_model_plans_without_hooks():
+    """A scripted model takes no forward hooks, so it has no profile: it still plans (one point per
+    pass, the CPU batch cap) and gives the eager model's values."""
+    x, y = data()
+    eager, _ = make(cnn(), batch_size=None, vmap="off")
+    scripted_model = torch.jit.script(cnn())
+    directions = make_directions(base_tensors(scripted_model, "weights"), 2, "filter", "biasbn", 0)
+    scripted = SurfaceEvaluator(scripted_model, directions, x, y, cross_entropy, vmap="off")
+    assert scripted.plan.path == "plain" and scripted.plan.batch_size <= CPU_MAX_BATCH
+    np.testing.assert_allclose(scripted.evaluate(offsets(2))["loss"], eager.evaluate(offsets(2))["loss"], rtol=1e-6)

@@ -244,12 +244,8 @@ class SurfaceEvaluator:
     def _profiled_forward(self, x: torch.Tensor) -> torch.Tensor:
         """One forward pass: the outputs, and the model's profile for the plan (FLOPs, module calls,
         largest activation per sample), so that planning on a CPU needs no other forward pass."""
-        x = self._to_device(x)
         with torch.no_grad():
-            try:
-                out, self._profile = _profiled(self.model, x)
-            except Exception:  # noqa: BLE001 - a model the hooks cannot follow: no profile
-                out, self._profile = self.model(x), None
+            out, self._profile = _profiled(self.model, self._to_device(x))
         return out
 
     @property
@@ -585,8 +581,8 @@ class SurfaceEvaluator:
         """How many point-samples one pass may hold: on a GPU, what fills its share of the free memory
         (activations measured on a probe batch); on a CPU, what keeps the largest activation within a
         cache-sized working set (and the whole pass within a share of the free host memory)."""
-        probe = self._to_device(self.inputs[: min(self.num_samples, 16)])
         if self.device.type == "cuda":  # the allocator knows best: measure a probe batch
+            probe = self._to_device(self.inputs[: min(self.num_samples, 16)])
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             before = torch.cuda.memory_allocated(self.device)
@@ -596,13 +592,10 @@ class SurfaceEvaluator:
             per_sample = max(1, (torch.cuda.max_memory_allocated(self.device) - before) // len(probe))
             free, _ = torch.cuda.mem_get_info(self.device)
             return max(1, int(GPU_MEMORY_FRACTION * free) // per_sample)
-        if self._profile is not None:
-            largest, total, count = self._profile["largest_bytes"], self._profile["total_bytes"], 1
-        else:
-            largest, total = _activation_bytes(self.model, probe)
-            count = len(probe)
-        per_sample_largest = max(1, largest // count)
-        per_sample_total = max(1, total // count)
+        if self._profile is None:  # no hooks (TorchScript): the batch measured best on CPUs
+            return CPU_MAX_BATCH
+        per_sample_largest = max(1, self._profile["largest_bytes"])
+        per_sample_total = max(1, self._profile["total_bytes"])
         cache_bound = CPU_WORKING_SET_BYTES // per_sample_largest
         memory_bound = int(GPU_MEMORY_FRACTION * _host_memory_available()) // per_sample_total
         return max(1, min(cache_bound, memory_bound))
@@ -652,7 +645,7 @@ def _even_batch(n: int, cap: int) -> int:
     return -(-n // -(-n // cap))
 
 
-def _profiled(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def _profiled(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float] | None]:
     """The model's output on ``x`` and its profile per sample: FLOPs of its convolution and linear
     layers (2 per multiply-add; other modules and functional matmuls are not counted), leaf-module
     calls, and the largest and total bytes its modules output. Counted with forward hooks: torch's
@@ -669,8 +662,12 @@ def _profiled(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str
         if isinstance(output, torch.Tensor):
             flops[0] += _module_flops(module, output)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    handles = []
     try:
+        try:
+            handles = [m.register_forward_hook(hook) for m in model.modules()]
+        except RuntimeError:  # a TorchScript module takes no hooks: no profile
+            return model(x), None
         out = model(x)
     finally:
         for handle in handles:
@@ -692,25 +689,6 @@ def _module_flops(module: nn.Module, output: torch.Tensor) -> float:
     if isinstance(module, nn.Linear):
         return 2.0 * output.numel() * module.in_features
     return 0.0
-
-
-def _activation_bytes(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    """The largest and the total bytes of the tensors the model's modules output on ``x``."""
-    sizes = []
-
-    def hook(module, args, output):
-        for t in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(t, torch.Tensor):
-                sizes.append(t.nbytes)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return (max(sizes), sum(sizes)) if sizes else (x.nbytes, x.nbytes)
 
 
 # glibc's malloc serves blocks above its mmap threshold (128 KiB at first, raised only as such blocks are
