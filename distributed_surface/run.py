@@ -210,22 +210,24 @@ def run_in_process(config: RunConfig, *, resume: bool = False, overwrite: bool =
 def mpi_world_size() -> int:
     """The number of ranks this process was launched with by mpirun/srun (1 if none), read from the
     launcher's environment so that a plain run never imports MPI."""
-    for name in ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    if os.environ.get("SLURM_STEP_ID") is not None and os.environ.get("SLURM_STEP_NUM_TASKS", "").isdigit():
-        return int(os.environ["SLURM_STEP_NUM_TASKS"])
-    return 1
+    names = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+    return _launcher_value(names, "SLURM_STEP_NUM_TASKS", 1)
 
 
 def mpi_rank() -> int:
     """This process's rank as its launcher set it (0 if none)."""
-    for name in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK"):
+    names = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
+    return _launcher_value(names, "SLURM_PROCID", 0)
+
+
+def _launcher_value(mpi_names: tuple[str, ...], slurm_name: str, default: int) -> int:
+    """The first whole number among the MPI launchers' variables; else SLURM's, inside a job step."""
+    for name in mpi_names:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
-    if os.environ.get("SLURM_STEP_ID") is not None and os.environ.get("SLURM_PROCID", "").isdigit():
-        return int(os.environ["SLURM_PROCID"])
-    return 0
+    if os.environ.get("SLURM_STEP_ID") is not None and os.environ.get(slurm_name, "").isdigit():
+        return int(os.environ[slurm_name])
+    return default
 
 
 def announce_plan(evaluator: SurfaceEvaluator, enabled: bool) -> None:
