@@ -146,7 +146,7 @@ def _plain_loss(model, tiny):
 @pytest.mark.parametrize(
     "wrap", ["plain", "state_dict", "model", "module_prefix", "state_dict_module_prefix"]
 )
-def test_checkpoint_formats(tiny, dsurf, tmp_path, wrap):
+def test_checkpoint_formats(tiny, dsurf, run_args, tmp_path, wrap):
     state = tiny.other_model().state_dict()
     prefixed = {f"module.{k}": v for k, v in state.items()}
     obj = {
@@ -157,21 +157,7 @@ def test_checkpoint_formats(tiny, dsurf, tmp_path, wrap):
         "state_dict_module_prefix": {"state_dict": prefixed},
     }[wrap]
     torch.save(obj, tmp_path / "ckpt.pt")
-    rc, _, err = dsurf(
-        "run",
-        "--model",
-        tiny.spec("model"),
-        "--data",
-        tiny.spec("data"),
-        "--checkpoint",
-        "ckpt.pt",
-        "--x",
-        "0:0:1",
-        "--out",
-        "c.h5",
-        "--no-plot",
-        "--no-progress",
-    )
+    rc, _, err = dsurf(*run_args, "--checkpoint", "ckpt.pt", "--x", "0:0:1", "--out", "c.h5")
     assert rc == 0, err
     loss = read_surface(str(tmp_path / "c.h5")).metrics["train_loss"][0]
     expected = _plain_loss(tiny.other_model(), tiny)
@@ -185,28 +171,14 @@ def test_checkpoint_formats(tiny, dsurf, tmp_path, wrap):
     )
 
 
-def test_checkpoint_without_num_batches_tracked(tiny, dsurf, tmp_path):
+def test_checkpoint_without_num_batches_tracked(tiny, dsurf, run_args, tmp_path):
     state = {
         k: v for k, v in tiny.other_model().state_dict().items() if not k.endswith("num_batches_tracked")
     }
     model = tiny.model()
     model.load_state_dict(state)  # torch itself accepts it
     torch.save(state, tmp_path / "old.pt")
-    rc, _, err = dsurf(
-        "run",
-        "--model",
-        tiny.spec("model"),
-        "--data",
-        tiny.spec("data"),
-        "--checkpoint",
-        "old.pt",
-        "--x",
-        "0:0:1",
-        "--out",
-        "c.h5",
-        "--no-plot",
-        "--no-progress",
-    )
+    rc, _, err = dsurf(*run_args, "--checkpoint", "old.pt", "--x", "0:0:1", "--out", "c.h5")
     assert rc == 0, err
     loss = read_surface(str(tmp_path / "c.h5")).metrics["train_loss"][0]
     assert loss == pytest.approx(_plain_loss(tiny.other_model(), tiny), rel=1e-6)
