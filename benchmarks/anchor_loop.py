@@ -37,7 +37,7 @@ from common import PeakMemory, command_line, machine, table, wait_for_quiet, wri
 from models import cifar_like_data, resnet20  # noqa: E402
 
 from distributed_surface.core import Axis, Grid, SurfaceEvaluator, base_tensors, make_directions  # noqa: E402
-from distributed_surface.core.evaluate import cross_entropy  # noqa: E402
+from distributed_surface.core.losses import cross_entropy  # noqa: E402
 from distributed_surface.example import digits_data, trained_digits_cnn  # noqa: E402
 
 ANCHOR_BATCH = 128
@@ -104,7 +104,7 @@ def run_problem(name: str, device: torch.device, variants: list[dict], quick: bo
     evaluators = []
     for settings in variants:
         started = time.perf_counter()
-        ev = SurfaceEvaluator(model_factory(), directions, inputs, targets, cross_entropy, settings.get("batch_size"),
+        ev = SurfaceEvaluator(model_factory(), directions, (inputs, targets), cross_entropy, settings.get("batch_size"),
                               device, "weights", **{k: v for k, v in settings.items() if k not in ("label", "batch_size")})  # fmt: skip
         ev.evaluate(offsets[:1])
         evaluators.append((settings, ev, time.perf_counter() - started))
@@ -126,7 +126,7 @@ def run_problem(name: str, device: torch.device, variants: list[dict], quick: bo
                     torch.cuda.synchronize()
                 seconds[settings["label"]] += time.perf_counter() - started
             memory[settings["label"]] = peak
-            values[settings["label"]].append((got["loss"], got["acc"]))
+            values[settings["label"]].append((got["train_loss"], got["train_acc"]))
     after = wait_for_quiet(max_wait=0, label=f"anchor {name}")
 
     anchor_loss = np.concatenate([v[0] for v in values["anchor"]])
@@ -174,13 +174,13 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file name (default anchor_loop_<device type>)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    # Our evaluator tunes glibc's malloc for the whole process (core/evaluate.py, _keep_freed_host_memory);
+    # A run tunes glibc's malloc for the whole process at its start (runtime.keep_freed_host_memory);
     # do it before anything is timed, so that the anchor runs with the same allocator throughout. (With
     # glibc's defaults both run 2-3x slower on a CPU: run with MALLOC_MMAP_THRESHOLD_=131072
     # MALLOC_TRIM_THRESHOLD_=131072 to see it.)
-    from distributed_surface.core.evaluate import _keep_freed_host_memory
+    from distributed_surface.runtime import keep_freed_host_memory
 
-    _keep_freed_host_memory()
+    keep_freed_host_memory()
     variants = [VARIANTS[v] for v in args.variants.split(",")]
     rows = []
     for problem in args.problems.split(","):

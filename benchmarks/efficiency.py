@@ -29,7 +29,7 @@ from common import PeakMemory, command_line, machine, table, wait_for_quiet, wri
 from models import cifar_like_data, resnet20  # noqa: E402
 
 from distributed_surface.core import SurfaceEvaluator, base_tensors, make_directions  # noqa: E402
-from distributed_surface.core.evaluate import cross_entropy  # noqa: E402
+from distributed_surface.core.losses import cross_entropy  # noqa: E402
 from distributed_surface.example import digits_data, trained_digits_cnn  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
@@ -125,7 +125,7 @@ def run_problem(name: str, device: torch.device, variants: list[dict], rounds: i
         options = {k: v for k, v in settings.items() if k != "label"}
         with PeakMemory(device) as peak:
             started = time.perf_counter()
-            ev = SurfaceEvaluator(model_factory(), directions, inputs, targets, cross_entropy, None, device, **options)
+            ev = SurfaceEvaluator(model_factory(), directions, (inputs, targets), cross_entropy, None, device, **options)
             ev.evaluate(offsets[:1])  # plan (and compile) here
             _sync(device)
             setup = time.perf_counter() - started

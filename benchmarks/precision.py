@@ -29,7 +29,8 @@ from common import PeakMemory, command_line, machine, table, wait_for_quiet, wri
 from models import cifar_like_data, resnet20  # noqa: E402
 
 from distributed_surface.core import Axis, Grid, SurfaceEvaluator, base_tensors, make_directions  # noqa: E402
-from distributed_surface.core.evaluate import PRECISION_LOSS_ERROR, cross_entropy  # noqa: E402
+from distributed_surface.core.losses import cross_entropy  # noqa: E402
+from distributed_surface.core.precision import PRECISION_LOSS_ERROR  # noqa: E402
 from distributed_surface.example import digits_data, trained_digits_cnn  # noqa: E402
 
 PRODUCTS = {F.conv1d, F.conv2d, F.conv3d, F.linear, torch.matmul, torch.mm, torch.bmm, torch.addmm}
@@ -79,7 +80,7 @@ def main() -> None:
 
         def values(precision: str, emulate: bool = False):
             with PeakMemory(device) as peak:
-                ev = SurfaceEvaluator(model_factory(), directions, inputs, targets, cross_entropy, None, device,
+                ev = SurfaceEvaluator(model_factory(), directions, (inputs, targets), cross_entropy, None, device,
                                       vmap="off", precision=precision)  # fmt: skip
                 if emulate:
                     with EmulatedTF32():
@@ -92,13 +93,13 @@ def main() -> None:
         lows = {"bf16": values("bf16")}
         lows["tf32"] = values("tf32", emulate=device.type != "cuda")
         for precision, (got, peak) in lows.items():
-            rel = np.abs(got["loss"] - exact["loss"]) / np.abs(exact["loss"])
+            rel = np.abs(got["train_loss"] - exact["train_loss"]) / np.abs(exact["train_loss"])
             rows.append({
                 "problem": name, "precision": precision, "emulated": precision == "tf32" and device.type != "cuda",
                 "points": len(offsets), "samples": len(inputs), "max_rel": float(rel.max()), "median_rel": float(np.median(rel)),
-                "max_abs": float(np.max(np.abs(got["loss"] - exact["loss"]))),
-                "loss_range": [float(exact["loss"].min()), float(exact["loss"].max())],
-                "acc_max_abs_diff": float(np.max(np.abs(got["acc"] - exact["acc"]))),
+                "max_abs": float(np.max(np.abs(got["train_loss"] - exact["train_loss"]))),
+                "loss_range": [float(exact["train_loss"].min()), float(exact["train_loss"].max())],
+                "acc_max_abs_diff": float(np.max(np.abs(got["train_acc"] - exact["train_acc"]))),
                 "bound": PRECISION_LOSS_ERROR[precision], "peak_host_mib": peak.host_mib, "peak_device_mib": peak.device_mib,
                 "load_before": quiet,
             })  # fmt: skip

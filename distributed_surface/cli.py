@@ -22,7 +22,11 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--model", metavar="IMPORT", help="pkg.module:callable or path/file.py:callable returning an nn.Module")
     add("--checkpoint", metavar="PATH", help="a state_dict, or a dict holding one under 'state_dict' or 'model'")
     add("--data", metavar="IMPORT", help="callable returning a Dataset or an (inputs, targets) pair of tensors")
-    add("--loss", metavar="NAME", help="cross_entropy (default), mse, or an import string of loss(outputs, targets)")
+    add("--test-data", dest="test_data", metavar="IMPORT",
+        help="a test split, evaluated on the same weights at every point (test_loss, test_acc)")  # fmt: skip
+    add("--loss", metavar="NAME",
+        help="cross_entropy (default; class labels, or token labels (B, T) for outputs (B, T, C), -100 ignored), "
+        "causal_lm (Hugging Face causal LM: shifted by one), mse, or an import string of loss(outputs, targets)")  # fmt: skip
     add("--x", metavar="MIN:MAX:NUM", help="offsets along the first direction (default -1:1:25)")
     add("--y", metavar="MIN:MAX:NUM", help="offsets along the second direction; leave out for a 1D curve")
     add("--norm", help="direction normalisation: filter (default), layer, weight or none")
@@ -31,6 +35,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, help="seed of the random directions (default 0)")
     add("--batch-size", dest="batch_size", type=int, help="samples per forward pass (default: from the free device memory)")
     add("--max-samples", dest="max_samples", type=int, help="evaluate only the first N samples")
+    add("--max-test-samples", dest="max_test_samples", type=int, help="evaluate only the first N test samples")
     add("--device", help="auto (default), cpu, cuda or cuda:N")
     add("--chunk-size", dest="chunk_size", type=int, help="grid points per unit of work (default: automatic)")
     add("--precision", help="fp32 (default, exact), tf32 (GPU TF32 matmuls/convolutions) or bf16 (bfloat16 autocast)")
@@ -49,8 +54,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 RUN_SETTINGS = (
-    "model", "checkpoint", "data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed",
-    "batch_size", "max_samples", "device", "chunk_size", "rank0", "out",
+    "model", "checkpoint", "data", "test_data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed",
+    "batch_size", "max_samples", "max_test_samples", "device", "chunk_size", "rank0", "out",
     "precision", "points_per_pass", "vmap", "compile", "channels_last",
 )  # fmt: skip
 
@@ -98,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("surface", metavar="SURFACE.h5")
     export.add_argument("--format", dest="fmt", required=True, metavar="vtp|vts|csv", help="VTK PolyData, VTK StructuredGrid or CSV")
     export.add_argument("--out", metavar="PATH", help="file to write (default: next to SURFACE, named after it)")
-    export.add_argument("--kind", default="loss", metavar="loss|acc", help="vtp/vts: the value that is the height z (default loss); csv holds all")
+    export.add_argument("--kind", default="loss", metavar="NAME",
+                        help="vtp/vts: the measurement that is the height z: loss (default), acc (the train split's), "
+                        "or a name such as test_loss; every measurement is a point array, and csv holds all")  # fmt: skip
     sbatch = commands.add_parser("sbatch", help="write a SLURM batch script for a run and submit it (or print it)")
     _add_run_flags(sbatch)
     _add_sbatch_flags(sbatch)
@@ -133,11 +140,12 @@ def run_config(args: argparse.Namespace):
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from .run import mpi_rank, run
+    from .engine.launcher import rank
+    from .run import run
 
     config = run_config(args)
     status = run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    if mpi_rank() != 0:  # rank 0 speaks for the job
+    if rank() != 0:  # rank 0 speaks for the job
         return EXIT_CODES[status]
     if status != "complete":
         print(f"{config.out}: {status}; finished chunks are saved, continue with --resume", file=sys.stderr)

@@ -9,9 +9,9 @@ import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from .core.directions import DIR_TYPES, IGNORE_RULES, NORMS
-from .core.evaluate import PRECISIONS, VMAP_MODES
 from .core.grid import Axis, Grid
+from .core.measurements import TEST, TRAIN
+from .core.options import BUILTIN_LOSS_NAMES, DIR_TYPES, IGNORE_RULES, NORMS, PRECISIONS, VMAP_MODES
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -20,14 +20,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 EXAMPLE_MODEL = "distributed_surface.example:trained_digits_cnn"
-EXAMPLE_DATA = "distributed_surface.example:digits_data"
+EXAMPLE_DATA = "distributed_surface.example:digits_train_data"
 DEFAULT_AXIS = "-1:1:25"
 
 # Fields that decide the surface's values; a resumed run must agree with the file on all of them.
 # The checkpoint is compared by the hash of θ0 it gives, not by its path, which may move.
 # The others (where and how fast it runs, where it writes) may change between runs of one surface.
 # precision is one of them: bf16 and tf32 change the values (see the README's error table).
-SURFACE_FIELDS = ("model", "data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed", "max_samples", "precision")
+SURFACE_FIELDS = (
+    "model", "data", "test_data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed", "max_samples",
+    "max_test_samples", "precision",
+)  # fmt: skip
 
 # Under MPI, rank 0 coordinates; "work": it also evaluates chunks, "coordinate": it only coordinates.
 RANK0_ROLES = ("work", "coordinate")
@@ -42,6 +45,7 @@ class RunConfig:
     model: str = EXAMPLE_MODEL
     checkpoint: str | None = None
     data: str = EXAMPLE_DATA
+    test_data: str | None = None  # a test split, evaluated on the same weights at every point
     loss: str = "cross_entropy"
     x: str = DEFAULT_AXIS
     y: str | None = DEFAULT_AXIS
@@ -51,6 +55,7 @@ class RunConfig:
     seed: int = 0
     batch_size: int | None = None  # None: from the free device memory
     max_samples: int | None = None
+    max_test_samples: int | None = None
     device: str = "auto"
     chunk_size: int | None = None
     points_per_pass: int | None = None  # grid points per pass over the data under vmap; None: what fits
@@ -95,8 +100,14 @@ class RunConfig:
         for name, value in (("model", self.model), ("data", self.data), ("loss", self.loss), ("out", self.out)):
             if not isinstance(value, str) or not value:
                 raise UserError(f"--{name} must be a non-empty string")
+        if ":" not in self.loss and self.loss not in BUILTIN_LOSS_NAMES:
+            raise UserError(f"--loss {self.loss!r}: unknown loss; use {', '.join(BUILTIN_LOSS_NAMES)} or an import string")
         self.grid  # parses the axes
-        for name in ("seed", "batch_size", "max_samples", "chunk_size", "points_per_pass"):
+        if self.test_data is not None and (not isinstance(self.test_data, str) or not self.test_data):
+            raise UserError("--test-data must be a non-empty import string")
+        if self.max_test_samples is not None and self.test_data is None:
+            raise UserError("--max-test-samples needs --test-data")
+        for name in ("seed", "batch_size", "max_samples", "max_test_samples", "chunk_size", "points_per_pass"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -112,6 +123,14 @@ class RunConfig:
     @property
     def grid(self) -> Grid:
         return Grid(_axis("x", self.x), None if self.y is None else _axis("y", self.y))
+
+    @property
+    def data_flags(self) -> dict[str, str]:
+        """Each split's data import string, under its split's name, and the flag it came from."""
+        flags = {TRAIN: f"--data {self.data!r}"}
+        if self.test_data is not None:
+            flags[TEST] = f"--test-data {self.test_data!r}"
+        return flags
 
     @property
     def is_example(self) -> bool:

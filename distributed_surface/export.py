@@ -1,8 +1,8 @@
 """Exports of a surface file: VTK XML for ParaView (``.vtp`` PolyData, ``.vts`` StructuredGrid) and CSV.
 
 The VTK files are written here as plain ASCII XML (no vtk dependency). Points are the grid's
-``(x, y, z)`` with ``z`` the chosen value (loss by default, as the paper's ``h52vtp.py``); every value of
-the file (``train_loss``, ``train_acc``, ``test_*``) is a point-data array, with ``done`` beside them.
+``(x, y, z)`` with ``z`` the chosen measurement (the train loss by default, as the paper's ``h52vtp.py``);
+every measurement of the file (one value per point) is a point-data array, with ``done`` beside them.
 
 Points not computed yet: NaN in the value arrays, ``z = 0`` for their position, and hidden: the PolyData
 has quads only between four computed points (1D: line segments between two), and the StructuredGrid marks
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.measurements import SPLITS, is_measurement_name, measurement_name, ordered
 from .errors import UserError
 from .legacy import read_any_surface
 from .storage import SurfaceData
 
 FORMATS = ("vtp", "vts", "csv")
-KINDS = ("loss", "acc")
 HIDDEN_POINT = 2  # vtkDataSetAttributes::HIDDENPOINT
 
 
@@ -37,17 +37,17 @@ def default_out(path: str, fmt: str, metric: str) -> Path:
 def export_surface(path: str, fmt: str, *, out: str | None = None, kind: str = "loss") -> Path:
     """Write the surface in ``path`` as ``fmt`` (vtp, vts or csv) to ``out`` and return where.
 
-    ``kind`` (loss or acc) picks the value used as height ``z`` in the VTK files: ``train_<kind>``.
+    ``kind`` picks the measurement used as height ``z`` in the VTK files: a measurement's name
+    (``test_loss``), or a quantity (``loss``, ``acc``) of the first split.
     The file is written under a temporary name and renamed, so a failed export leaves nothing behind."""
     fmt = str(fmt).lower().lstrip(".")
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
-    if kind not in KINDS:
-        raise UserError(f"unknown --kind {kind!r} for export (choose from {', '.join(KINDS)})")
     data = read_any_surface(path)
-    metric = f"train_{kind}"
-    if metric not in data.metrics:
-        raise UserError(f"{path!r} has no {metric} to export (it holds {', '.join(sorted(data.metrics))})")
+    kind = str(kind)
+    metric = kind if is_measurement_name(kind) else measurement_name(SPLITS[0], kind)
+    if metric not in _metrics(data):
+        raise UserError(f"--kind {kind!r}: {path!r} has no {metric} to export (it holds {', '.join(_metrics(data))})")
     target = Path(out) if out else default_out(path, fmt, metric)
     _check_target(target, Path(path))
     if fmt == "csv":
@@ -77,8 +77,9 @@ def _check_target(target: Path, source: Path) -> None:
 
 
 def _metrics(data: SurfaceData) -> list[str]:
-    order = ["train_loss", "train_acc", "test_loss", "test_acc"]
-    return [m for m in order if m in data.metrics] + sorted(m for m in data.metrics if m not in order)
+    """The measurements with one value per point, in display order (arrays per point do not fit a
+    point-data column)."""
+    return ordered(name for name, values in data.metrics.items() if np.shape(values) == data.done.shape)
 
 
 def _values(data: SurfaceData, metric: str) -> np.ndarray:
@@ -224,4 +225,4 @@ def vts_text(data: SurfaceData, metric: str) -> str:
     )
 
 
-__all__ = ["export_surface", "csv_text", "vtp_text", "vts_text", "FORMATS", "KINDS", "default_out"]
+__all__ = ["export_surface", "csv_text", "vtp_text", "vts_text", "FORMATS", "default_out"]

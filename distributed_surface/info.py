@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from .core.measurements import ordered
 from .storage import SurfaceData, read_surface
 
 
@@ -21,18 +22,31 @@ def describe_surface(path: str) -> str:
         f"progress:  {done}/{total} points done ({100.0 * done / total:.1f}%)",
         f"grid:      {_grid(data)}",
         f"samples:   {data.attrs.get('num_samples')} per point",
-        f"outputs:   {', '.join(sorted(data.metrics))}",
         f"created:   {data.attrs.get('created')}   updated: {data.attrs.get('updated')}",
         f"versions:  distributed_surface {data.attrs.get('distributed_surface_version')}, "
         f"torch {data.attrs.get('torch_version')}, h5py {data.attrs.get('h5py_version')}",
-        "config:",
     ]
+    lines += _measurements(data)
+    lines.append("config:")
     lines += [f"  {key} = {value!r}" for key, value in sorted(data.config.items())]
     lines += _runs(data) + _timings(data)
-    if done and "train_loss" in data.metrics:
-        loss = data.metrics["train_loss"][data.done.astype(bool)]
-        lines.append(f"train_loss: min {np.nanmin(loss):.6g}, max {np.nanmax(loss):.6g}")
     return "\n".join(lines)
+
+
+def _measurements(data: SurfaceData) -> list[str]:
+    """Every stored measurement with the range of its computed values."""
+    lines = ["measurements:"]
+    done = data.done.astype(bool)
+    width = max((len(name) for name in data.metrics), default=0)
+    for name in ordered(data.metrics):
+        values = np.asarray(data.metrics[name])[done]
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        if finite.size:
+            extra = f" ({values.size - finite.size} not finite)" if finite.size < values.size else ""
+            lines.append(f"  {name:<{width}}  min {finite.min():.6g}, max {finite.max():.6g}{extra}")
+        else:
+            lines.append(f"  {name:<{width}}  nothing computed yet" if not values.size else f"  {name:<{width}}  no finite value")
+    return lines
 
 
 def _grid(data: SurfaceData) -> str:

@@ -25,15 +25,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .core.measurements import SPLITS, TRAIN, measurement_name
 from .errors import UserError
 from .storage import FORMAT, RUN_DTYPE, TIMING_DTYPE, SurfaceData, read_surface
 
 LEGACY_FORMAT = "loss-landscape"
-SPLITS = ("train", "test")
+# The paper's code stores the loss and accuracy of its splits.
+_PAPER_NAMES = re.compile(f"({'|'.join(SPLITS)})_(loss|acc)")
 
 
 def read_any_surface(path: str) -> SurfaceData:
-    """Read a surface file of this package (with any ``test_*`` values it holds) or of the paper's code.
+    """Read a surface file of this package or of the paper's code.
 
     Raises :class:`UserError` for a missing file, a file that is not HDF5, or an HDF5 file that is
     neither kind of surface."""
@@ -46,26 +48,17 @@ def read_any_surface(path: str) -> SurfaceData:
         raise UserError(f"{path!r} is not a readable HDF5 file ({exc})") from None
     with f:
         kind = _plain(f.attrs.get("format"))
-        if kind is None and "xcoordinates" in f and "train_loss" in f:
+        if kind is None and "xcoordinates" in f and measurement_name(TRAIN, "loss") in f:
             return _read_legacy(f, path)
         if kind != FORMAT:
             raise UserError(
                 f"{path!r} is not a distributed_surface file, nor a loss-landscape surface file "
-                "(one with xcoordinates and train_loss)"
+                f"(one with xcoordinates and {measurement_name(TRAIN, 'loss')})"
             )
-        extra = {
-            name: np.asarray(f[name][()], dtype=np.float64)
-            for name in f
-            if name.startswith("test_") and isinstance(f[name], h5py.Dataset)
-        }
     try:
         data = read_surface(path)
     except (KeyError, ValueError, OSError) as exc:
         raise UserError(f"{path!r}: damaged surface file ({exc})") from None
-    for name, values in extra.items():
-        if values.shape != data.done.shape:
-            raise UserError(f"{path!r}: {name} has shape {values.shape}, the grid {data.done.shape}")
-        data.metrics[name] = np.where(data.done.astype(bool), values, np.nan)
     data.attrs.setdefault("source", FORMAT)
     return data
 
@@ -81,7 +74,7 @@ def _read_legacy(f: h5py.File, path: str) -> SurfaceData:
     raw = {}
     for name in f:
         obj = f[name]
-        if not isinstance(obj, h5py.Dataset) or not re.fullmatch(r"(train|test)_(loss|acc)", name):
+        if not isinstance(obj, h5py.Dataset) or not _PAPER_NAMES.fullmatch(name):
             continue
         values = np.asarray(obj[()], dtype=np.float64)
         if values.size != int(np.prod(shape)):
@@ -90,16 +83,17 @@ def _read_legacy(f: h5py.File, path: str) -> SurfaceData:
         raw[name] = values.reshape(shape) if y is None else values.ravel().reshape(len(y), len(x)).T
     metrics, done = {}, None
     for split in SPLITS:
-        loss, acc = raw.get(f"{split}_loss"), raw.get(f"{split}_acc")
+        loss_name, acc_name = measurement_name(split, "loss"), measurement_name(split, "acc")
+        loss, acc = raw.get(loss_name), raw.get(acc_name)
         if loss is None:
             continue
         computed = np.isfinite(loss) & (loss >= 0)
         if acc is not None:
             computed &= ~((loss == 0) & (acc == 0)) & np.isfinite(acc)
-        metrics[f"{split}_loss"] = np.where(computed, loss, np.nan)
+        metrics[loss_name] = np.where(computed, loss, np.nan)
         if acc is not None:
-            metrics[f"{split}_acc"] = np.where(computed, acc, np.nan)
-        if split == "train":
+            metrics[acc_name] = np.where(computed, acc, np.nan)
+        if split == TRAIN:
             done = computed.astype(np.uint8)
     assert done is not None  # train_loss is there: checked by the caller
     config = {"model": Path(path).name}

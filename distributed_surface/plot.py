@@ -1,9 +1,10 @@
 """Pictures of a surface file, drawn from the file alone (matplotlib, no screen needed).
 
 2D surfaces: contour lines with labels (``contour``), filled contours (``contourf``), a heatmap with a
-colour bar (``heatmap``) and a 3D surface (``surface``), each for the loss and for the accuracy (and
-the test values where the file has them). 1D surfaces: loss and accuracy on twin axes (``curve``), train
-solid and test dashed. Points not computed yet are masked (left blank) and the title says so, so a
+colour bar (``heatmap``) and a 3D surface (``surface``), each for every measurement of the file (the loss
+and accuracy of each split), and where the file has a test split, the generalisation gap between the
+splits (``gap``: test loss − train loss, train accuracy − test accuracy). 1D surfaces: loss and accuracy
+on twin axes (``curve``), train solid and test dashed. Points not computed yet are masked (left blank) and the title says so, so a
 running or interrupted surface plots too. Files of the paper's own code are read as well
 (:mod:`distributed_surface.legacy`).
 
@@ -23,12 +24,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.tri import Triangulation
 
+from .core.measurements import SPLITS, TEST, TRAIN, measurement_name, ordered, quantity_of
 from .errors import UserError
 from .legacy import is_legacy, read_any_surface
 from .storage import SurfaceData
 
 # kind -> the part of the file name that says what it is
-KINDS_2D = {"contour": "2d_contour", "contourf": "2d_contourf", "heatmap": "2d_heatmap", "surface": "3d_surface"}
+KINDS_2D = {
+    "contour": "2d_contour", "contourf": "2d_contourf", "heatmap": "2d_heatmap", "surface": "3d_surface", "gap": "2d_gap",
+}  # fmt: skip
 KINDS_1D = {"curve": "1d"}
 KINDS = (*KINDS_2D, *KINDS_1D)
 FORMATS = ("png", "pdf", "svg")
@@ -71,14 +75,17 @@ def plot_surface(
     _check_range(vmin, vmax, levels, log)
     data = read_any_surface(path)
     fits = KINDS_1D if data.y is None else KINDS_2D
+    gaps = _gap_quantities(data)
     if wanted is None:
-        wanted = list(fits)
+        wanted = [kind for kind in fits if kind != "gap" or gaps]
     misfit = [kind for kind in wanted if kind not in fits]
     if misfit:
         dims = "1D" if data.y is None else "2D"
         raise UserError(
             f"--kind {misfit[0]} does not fit {path!r}, a {dims} surface (its kinds: {', '.join(fits)})"
         )
+    if "gap" in wanted and not gaps:
+        raise UserError(f"--kind gap: {path!r} has no test split to compare with the train split")
     if not np.any(data.done):
         raise UserError(f"{path!r}: no point is computed yet, nothing to plot")
     target = Path(out_dir) if out_dir else default_out_dir(path)
@@ -96,6 +103,10 @@ def plot_surface(
         written.append(_save(_curve(data, style), target / name))
         return written
     for kind in wanted:
+        if kind == "gap":
+            for quantity in gaps:
+                written.append(_save(_gap(data, quantity), target / f"{stem}_{KINDS_2D[kind]}_{quantity}.{fmt}"))
+            continue
         for metric in _metrics(data):
             suffix = "_log" if log and _is_loss(metric) else ""
             figure = _DRAW_2D[kind](data, metric, style)
@@ -206,21 +217,21 @@ def _log_levels(lo: float, hi: float, step: float | None) -> np.ndarray:
 
 
 def _is_loss(metric: str) -> bool:
-    return metric.endswith("_loss")
-
-
-def _quantity(metric: str) -> str:
-    return metric.rsplit("_", 1)[-1]
+    return quantity_of(metric) == "loss"
 
 
 def _metrics(data: SurfaceData) -> list[str]:
-    order = ["train_loss", "train_acc", "test_loss", "test_acc"]
-    present = [m for m in order if m in data.metrics]
-    return present + sorted(m for m in data.metrics if m not in order)
+    """The measurements with one value per point, in display order."""
+    return ordered(name for name, values in data.metrics.items() if np.shape(values) == data.done.shape)
+
+
+def _gap_quantities(data: SurfaceData) -> list[str]:
+    """The quantities (loss, acc) that both the train and the test split have."""
+    return [q for q in ("loss", "acc") if all(measurement_name(s, q) in data.metrics for s in (TRAIN, TEST))]
 
 
 def _curve_name(data: SurfaceData) -> str:
-    return "loss_acc" if any(m.endswith("_acc") for m in data.metrics) else "loss"
+    return "loss_acc" if any(quantity_of(m) == "acc" for m in data.metrics) else "loss"
 
 
 # ---------------------------------------------------------------- titles and values
@@ -395,7 +406,7 @@ def _surface3d(data: SurfaceData, metric: str, style: _Style) -> Figure:
         return fig
     low, high = float(shown.min()), float(shown.max())
     znorm = colors.Normalize(low, high if high > low else low + 1)
-    cmap = colormaps["coolwarm_r" if _quantity(metric) == "acc" else "coolwarm"]
+    cmap = colormaps["coolwarm_r" if quantity_of(metric) == "acc" else "coolwarm"]
     nx, ny = shown.shape
     if nx >= 2 and ny >= 2 and shown.count() >= 3:
         xg, yg = np.meshgrid(data.x, data.y, indexing="ij")
@@ -433,17 +444,44 @@ def _trisurf(ax, xg, yg, z: np.ma.MaskedArray, cmap, norm):
     return ax.plot_trisurf(triangulation, z.data.ravel(), cmap=cmap, norm=norm, linewidth=0, antialiased=False)
 
 
+def _gap(data: SurfaceData, quantity: str) -> Figure:
+    """How much worse the test split is than the train split at every point: test − train for the loss,
+    train − test for the accuracy; a diverging map centred on no gap, with the zero line drawn."""
+    train, test = (_masked(data, measurement_name(split, quantity)) for split in (TRAIN, TEST))
+    gap = (test - train) if quantity == "loss" else (train - test)
+    what = "test loss − train loss" if quantity == "loss" else "train accuracy − test accuracy (%)"
+    z = np.ma.masked_invalid(gap).T
+    fig = Figure(figsize=(6.0, 5.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(_title(data, f"generalisation gap: {what}"), fontsize=9)
+    _axes_labels(ax, data)
+    finite = z.compressed()
+    if quantity == "loss":  # beyond the paper's loss cap the gap is that of a blown-up model
+        finite = finite[np.abs(finite) <= LOSS_CAP] if np.any(np.abs(finite) <= LOSS_CAP) else finite
+    reach = float(np.max(np.abs(finite))) if finite.size else 1.0
+    norm = colors.Normalize(-reach, reach) if reach > 0 else colors.Normalize(-1.0, 1.0)
+    x, y = np.meshgrid(data.x, data.y)
+    mesh = ax.pcolormesh(x, y, z, cmap=colormaps["RdBu_r"].with_extremes(bad="white"), norm=norm, shading="nearest")
+    fig.colorbar(mesh, ax=ax, label=what, extend="both" if finite.size < z.count() else "neither")
+    if _contourable(z) and float(z.min()) < 0 < float(z.max()):
+        ax.contour(x, y, z, levels=[0.0], colors="black", linewidths=0.8)
+    _equal_aspect(ax, data)
+    _mark_minimum(ax, data)
+    return fig
+
+
 _DRAW_2D = {"contour": _contour, "contourf": _contourf, "heatmap": _heatmap, "surface": _surface3d}
+_LINE_STYLES = {TRAIN: "-", TEST: "--"}
 
 
 def _cmap(metric: str):
     # low loss and high accuracy share the dark end
-    return colormaps["viridis_r" if _quantity(metric) == "acc" else "viridis"]
+    return colormaps["viridis_r" if quantity_of(metric) == "acc" else "viridis"]
 
 
 def _line_cmap(metric: str):
     """viridis without its pale yellow end, which vanishes on white."""
-    part = np.linspace(0.15, 1.0, 256) if _quantity(metric) == "acc" else np.linspace(0.0, 0.85, 256)
+    part = np.linspace(0.15, 1.0, 256) if quantity_of(metric) == "acc" else np.linspace(0.0, 0.85, 256)
     return colors.ListedColormap(_cmap(metric)(part))
 
 
@@ -456,12 +494,10 @@ def _curve(data: SurfaceData, style: _Style) -> Figure:
     _axes_labels(ax, data)
     marker = dict(marker="o", markersize=3) if len(data.x) <= 60 else {}
     handles = []
-    splits = [s for s in ("train", "test") if f"{s}_loss" in data.metrics]
+    splits = [s for s in SPLITS if measurement_name(s, "loss") in data.metrics]
     for split in splits:
-        loss = _masked(data, f"{split}_loss", style.log)
-        (line,) = ax.plot(
-            data.x, loss, color="tab:blue", linestyle="-" if split == "train" else "--", label=f"{split} loss", **marker
-        )
+        loss = _masked(data, measurement_name(split, "loss"), style.log)
+        (line,) = ax.plot(data.x, loss, color="tab:blue", linestyle=_LINE_STYLES[split], label=f"{split} loss", **marker)
         handles.append(line)
     if style.log:
         ax.set_yscale("log")
@@ -469,13 +505,13 @@ def _curve(data: SurfaceData, style: _Style) -> Figure:
     ax.tick_params(axis="y", colors="tab:blue")
     bottom = style.vmin if style.vmin is not None else (None if style.log else 0.0)
     ax.set_ylim(bottom=bottom, top=style.vmax)
-    accs = [s for s in ("train", "test") if f"{s}_acc" in data.metrics]
+    accs = [s for s in SPLITS if measurement_name(s, "acc") in data.metrics]
     if accs:
         twin = ax.twinx()
         for split in accs:
             (line,) = twin.plot(
-                data.x, _masked(data, f"{split}_acc"), color="tab:red",
-                linestyle="-" if split == "train" else "--", label=f"{split} accuracy", **marker,
+                data.x, _masked(data, measurement_name(split, "acc")), color="tab:red",
+                linestyle=_LINE_STYLES[split], label=f"{split} accuracy", **marker,
             )  # fmt: skip
             handles.append(line)
         twin.set_ylabel("accuracy (%)", color="tab:red")

@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,18 +18,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .core.evaluate import BUILTIN_LOSSES, LossFunction, batch_loss_sum
+from .core.losses import BUILTIN_LOSSES, Loss, as_loss, logits_of
+from .core.samples import Samples, call_model, to_device
 from .errors import UserError
 
 
 @dataclass
 class Problem:
-    """A model holding θ0, the data as two tensors, and the loss."""
+    """A model holding θ0, the data of each split (train, and test where given), and the loss."""
 
     model: nn.Module
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    loss_fn: LossFunction
+    splits: dict[str, Samples]
+    loss: Loss
 
 
 def import_object(spec: str, what: str):
@@ -137,56 +138,107 @@ def _first(names: list[str], count: int = 3) -> str:
     return shown + (f" and {len(names) - count} more" if len(names) > count else "")
 
 
-def load_data(spec: str, max_samples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Call the data factory; it must return a ``Dataset`` of (input, target) pairs or an
-    ``(inputs, targets)`` pair of tensors. Returns the first ``max_samples`` samples as two tensors."""
-    data = _call(spec, "--data")
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        inputs, targets = data
-        if len(inputs) != len(targets):
-            raise UserError(f"--data {spec!r}: {len(inputs)} inputs but {len(targets)} targets")
-        if max_samples is not None:
-            inputs, targets = inputs[:max_samples], targets[:max_samples]
+def load_data(spec: str, max_samples: int | None, flag: str = "--data") -> Samples:
+    """Call the data factory and return its first ``max_samples`` samples. It may return a ``Dataset``
+    whose items are ``(input, target)`` pairs or dicts of tensors (the Hugging Face convention:
+    keyword inputs of the model, with the targets under ``labels``), an ``(inputs, targets)`` pair of
+    tensors (the inputs may be a dict of tensors), or a dict of tensors holding ``labels``."""
+    data = _call(spec, flag)
+    if isinstance(data, Mapping) and _tensors(data):
+        inputs, targets = _split_labels(dict(data), spec, flag)
+        samples = _samples(inputs, targets, spec, flag)
+        samples = samples.slice(0, max_samples) if max_samples is not None else samples
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], torch.Tensor) and _tensors(data[0]):
+        samples = _samples(data[0], data[1], spec, flag)
+        samples = samples.slice(0, max_samples) if max_samples is not None else samples
     elif isinstance(data, Dataset):
-        inputs, targets = _materialise(data, spec, max_samples)
+        samples = _materialise(data, spec, flag, max_samples)
     else:
         raise UserError(
-            f"--data {spec!r} returned {type(data).__name__}, not a torch Dataset or an (inputs, targets) pair of tensors"
+            f"{flag} {spec!r} returned {type(data).__name__}, not a torch Dataset or an (inputs, targets) pair of tensors"
         )
-    if len(inputs) == 0:
-        raise UserError(f"--data {spec!r} holds no samples")
-    return inputs, targets
+    if len(samples) == 0:
+        raise UserError(f"{flag} {spec!r} holds no samples")
+    return samples
 
 
-def _materialise(dataset: Dataset, spec: str, max_samples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(inputs) -> bool:
+    if isinstance(inputs, Mapping):
+        return bool(inputs) and all(isinstance(v, torch.Tensor) for v in inputs.values())
+    return isinstance(inputs, torch.Tensor)
+
+
+def _split_labels(item: dict, spec: str, flag: str):
+    if "labels" not in item:
+        raise UserError(
+            f"{flag} {spec!r}: dict samples need their targets under 'labels' (the Hugging Face convention); "
+            f"they have {_first(sorted(map(str, item)))}"
+        )
+    targets = item.pop("labels")
+    if not item:
+        raise UserError(f"{flag} {spec!r}: dict samples hold only 'labels', no inputs for the model")
+    return item, targets
+
+
+def _samples(inputs, targets, spec: str, flag: str) -> Samples:
+    if not _tensors(inputs) or not isinstance(targets, torch.Tensor):
+        raise UserError(f"{flag} {spec!r}: inputs and targets must be tensors (or the inputs a dict of tensors)")
+    try:
+        return Samples(dict(inputs) if isinstance(inputs, Mapping) else inputs, targets)
+    except ValueError as exc:
+        raise UserError(f"{flag} {spec!r}: {exc}") from None
+
+
+def _materialise(dataset: Dataset, spec: str, flag: str, max_samples: int | None) -> Samples:
     try:
         length = len(dataset)
     except TypeError:
-        raise UserError(f"--data {spec!r}: the Dataset has no length") from None
+        raise UserError(f"{flag} {spec!r}: the Dataset has no length") from None
     if max_samples is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(length, max_samples)))
-    inputs, targets = [], []
+    if len(dataset) == 0:
+        return Samples(torch.empty(0), torch.empty(0))
     try:
-        for x, y in DataLoader(dataset, batch_size=1024, shuffle=False):
-            inputs.append(x)
-            targets.append(torch.as_tensor(y))
+        first = dataset[0]
     except Exception as exc:  # a Dataset may fail in any way (a missing image file, a bad index)
-        raise UserError(f"--data {spec!r}: samples must be (input, target) pairs of tensors: {_describe(exc)}") from exc
-    if not inputs:
-        return torch.empty(0), torch.empty(0)
-    return torch.cat(inputs), torch.cat(targets)
+        raise UserError(f"{flag} {spec!r}: reading its first sample failed: {_describe(exc)}") from exc
+    keyword = isinstance(first, Mapping)
+    if keyword and "labels" not in first:
+        _split_labels(dict(first), spec, flag)  # raises, naming the keys
+    if not keyword and not (isinstance(first, (tuple, list)) and len(first) == 2):
+        raise UserError(
+            f"{flag} {spec!r}: samples must be (input, target) pairs or dicts with 'labels', got {type(first).__name__}"
+        )
+    batches = []
+    try:
+        for batch in DataLoader(dataset, batch_size=1024, shuffle=False):
+            batches.append(_split_labels(dict(batch), spec, flag) if keyword else (batch[0], torch.as_tensor(batch[1])))
+    except UserError:
+        raise
+    except Exception as exc:  # a Dataset may fail in any way (a missing image file, a bad index, ragged items)
+        hint = ""
+        if "stack expects each tensor to be equal size" in str(exc) or "resize" in str(exc):
+            hint = " (samples must have equal shapes: pad sequences, with attention_mask 0 and labels -100 on the padding)"
+        raise UserError(f"{flag} {spec!r}: its samples cannot be stacked into batches{hint}: {_describe(exc)}") from exc
+    targets = torch.cat([torch.as_tensor(t) for _, t in batches])
+    if isinstance(batches[0][0], Mapping):
+        keys = list(batches[0][0])
+        inputs = {key: torch.cat([x[key] for x, _ in batches]) for key in keys}
+    else:
+        inputs = torch.cat([x for x, _ in batches])
+    return _samples(inputs, targets, spec, flag)
 
 
-def resolve_loss(spec: str) -> LossFunction:
-    """A built-in loss name (cross_entropy, mse) or an import string of ``loss(outputs, targets)``."""
+def resolve_loss(spec: str) -> Loss:
+    """A built-in loss name (cross_entropy, causal_lm, mse) or an import string of ``loss(outputs, targets)``."""
     if spec in BUILTIN_LOSSES:
         return BUILTIN_LOSSES[spec]
     if ":" not in spec:
-        raise UserError(f"--loss {spec!r}: unknown loss; use {' or '.join(BUILTIN_LOSSES)} or an import string")
+        raise UserError(f"--loss {spec!r}: unknown loss; use {', '.join(BUILTIN_LOSSES)} or an import string")
     loss = import_object(spec, "--loss")
     if not callable(loss):
         raise UserError(f"--loss {spec!r} is not callable")
-    return loss
+    return as_loss(loss)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -206,22 +258,37 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     raise UserError(f"--device {name!r}: expected auto, cpu or cuda")
 
 
-def check_model_accepts_data(problem: Problem, device: torch.device) -> None:
-    """Run the model and the loss on two samples so that a mismatch fails now, with one clear line."""
+def check_problem(problem: Problem, device: torch.device, flags: Mapping[str, str] | None = None) -> None:
+    """Run the model and the loss on two samples of every split, and check every target against the
+    model's outputs, so that a mismatch fails now, with one clear line, before any file is touched.
+    ``flags`` name each split's command-line flag in the messages."""
+    flags = flags or {}
     model = problem.model.to(device).eval()
-    x, y = problem.inputs[:2].to(device), problem.targets[:2].to(device)
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as exc:
-        raise UserError(
-            f"the model rejects the data (inputs of shape {tuple(problem.inputs.shape[1:])}): {_describe(exc)}"
-        ) from exc
-    if not isinstance(out, torch.Tensor):
-        raise UserError(f"the model must return a tensor, it returned {type(out).__name__}")
-    try:
-        batch_loss_sum(problem.loss_fn, out, y)
-    except Exception as exc:
-        raise UserError(
-            f"the loss rejects the model's outputs {tuple(out.shape)} and targets {tuple(y.shape)}: {_describe(exc)}"
-        ) from exc
+    for split, samples in problem.splits.items():
+        flag = flags.get(split, f"the {split} data")
+        x, y = to_device(samples.slice(0, 2).inputs, device), samples.targets[:2].to(device)
+        try:
+            with torch.no_grad():
+                out = call_model(model, x)
+        except Exception as exc:
+            raise UserError(f"the model rejects {flag} (inputs {_shapes(samples)}): {_describe(exc)}") from exc
+        try:
+            out = logits_of(out)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        try:
+            with torch.no_grad():
+                problem.loss.check(out, y, samples.targets)
+        except Exception as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"the loss rejects the model's outputs {tuple(out.shape)} and the targets {tuple(y.shape)} of {flag}: {message}"
+            ) from exc
+        if problem.loss.loss_count(samples.targets) < 1:
+            raise UserError(f"{flag}: every target is ignored (-100): there is nothing to average the loss over")
+
+
+def _shapes(samples: Samples) -> str:
+    if samples.keyword:
+        return "{" + ", ".join(f"{k}: {tuple(v.shape[1:])}" for k, v in samples.inputs.items()) + "}"
+    return f"of shape {tuple(samples.inputs.shape[1:])}"

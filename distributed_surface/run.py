@@ -1,67 +1,137 @@
-"""``dsurf run``: from a config to a complete surface file, in one process.
+"""``dsurf run``: from a config to a complete surface file, in one process or under MPI.
 
-The steps are separate functions so that the MPI engine can run each on the ranks that need it.
+:class:`SurfaceJob` is what the engines run for a loss surface: on rank 0 it checks the output, loads
+the problem, checks it, makes (or, to resume, reads) the directions and creates the file; on every
+working rank it builds the evaluator of the splits' loss and accuracy. The engines know nothing else
+of it (:mod:`.engine.job`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .config import RunConfig
-from .core.directions import base_tensors, make_directions
-from .core.evaluate import SurfaceEvaluator
-from .core.grid import default_chunk_size, pending_chunks
-from .errors import UserError
-from .problem import (
-    Problem,
-    build_model,
-    check_model_accepts_data,
-    load_checkpoint,
-    load_data,
-    resolve_device,
-    resolve_loss,
-)
+from .core.directions import Direction, base_tensors, make_directions
+from .core.evaluate import BatchError, SurfaceEvaluator
+from .core.measurements import TEST, TRAIN, Measurement
+from .engine.job import Setup, Worker
+from .engine.launcher import world_size
 from .engine.serial import run_serial
 from .engine.stop import StopRequest
-from .storage import RunRecorder, check_writable, create_surface, open_checked, read_directions
+from .errors import UserError
+from .problem import Problem, build_model, check_problem, load_checkpoint, load_data, resolve_device, resolve_loss
+from .runtime import keep_freed_host_memory
+from .storage import check_writable, create_surface, open_checked, read_directions, stored_measurements
 
 
 @dataclass
-class Prepared:
-    """A loaded problem and the directions of its surface, ready to evaluate."""
+class Loaded:
+    """What a rank has loaded for its worker: the problem, its device, the directions and the evaluator."""
 
-    config: RunConfig
     problem: Problem
     device: torch.device
-    directions: list[dict[str, torch.Tensor]]
-    resuming: bool
+    directions: list[Direction]
+    evaluator: SurfaceEvaluator
+
+
+class SurfaceJob:
+    """The loss (and accuracy) of every split at every point of ``config``'s grid, into ``config.out``."""
+
+    def __init__(self, config: RunConfig, *, resume: bool = False, overwrite: bool = False):
+        self.config = config
+        self.out = config.out
+        self.grid = config.grid
+        self.resume = resume
+        self.overwrite = overwrite
+
+    def prepare(self, local_rank: int = 0) -> Setup:
+        """Check everything, then create the file (or read the one to resume). A mistake raises
+        :class:`UserError` before any file is touched."""
+        config = self.config
+        resuming = check_output(config, resume=self.resume, overwrite=self.overwrite)
+        device = resolve_device(config.device, local_rank)
+        problem = load_problem(config)
+        check_problem(problem, device, config.data_flags)
+        prints = fingerprint(problem)
+        if resuming:
+            check_fingerprint(config.out, prints)
+            with open_checked(config.out, "r") as f:
+                directions = read_directions(f)
+                done = f["done"][()]
+                stored = [m.name for m in stored_measurements(f)]
+        else:
+            base = base_tensors(problem.model, config.dir_type)
+            directions = make_directions(base, config.grid.ndim, config.norm, config.ignore, config.seed)
+        evaluator = make_evaluator(config, problem, device, directions)
+        if resuming:
+            measured = [m.name for m in evaluator.measurements]
+            if measured != stored:
+                raise UserError(f"--resume: {config.out!r} holds {', '.join(stored)}; this run measures {', '.join(measured)}")
+        else:
+            create_file(config, evaluator.measurements, directions, prints)
+            done = np.zeros(config.grid.shape, dtype=np.uint8)
+        shared = {"prints": prints, "directions": [{k: v.numpy() for k, v in d.items()} for d in directions]}
+        return Setup(done=done, start=time.time(), shared=shared, local=Loaded(problem, device, directions, evaluator))
+
+    def worker(self, setup: Setup, *, local_rank: int, root: bool) -> Worker:
+        """This rank's evaluator: rank 0's from ``prepare``; elsewhere loaded here and checked to hold the
+        same θ0 and data as rank 0's."""
+        loaded = setup.local if root else None
+        if loaded is None:
+            config = self.config
+            device = resolve_device(config.device, local_rank)
+            problem = load_problem(config)
+            if fingerprint(problem) != setup.shared["prints"]:
+                raise UserError("loaded other weights or data than rank 0 (is the checkpoint or data set the same?)")
+            directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in setup.shared["directions"]]
+            loaded = Loaded(problem, device, directions, make_evaluator(config, problem, device, directions))
+        evaluator = loaded.evaluator
+        return Worker(evaluate=_naming_failures(evaluator), device=str(loaded.device), plan=describe_plan(evaluator))
+
+
+def run(
+    config: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True, stop: StopRequest | None = None
+) -> str:
+    """Compute the surface of ``config``: distributed where this process is one of several MPI ranks,
+    else in this process. Returns the file's final status. Signals (SIGUSR1, SIGTERM, SIGINT) stop the
+    run through ``stop`` (default: handlers installed for the run)."""
+    job = SurfaceJob(config, resume=resume, overwrite=overwrite)
+    # The handlers stay until the file is closed: a second signal must not cut the close short. Under
+    # MPI from the start, on every rank: a warning that comes while the model loads must not kill it.
+    with stop or StopRequest() as stop:
+        if world_size() > 1:
+            from .engine.mpi import run_distributed
+
+            return run_distributed(job, chunk_size=config.chunk_size, rank0=config.rank0, progress=progress, stop=stop)
+        return run_serial(job, chunk_size=config.chunk_size, progress=progress, stop=stop)
 
 
 def load_problem(config: RunConfig) -> Problem:
-    """Build model (with its checkpoint), data and loss from the config's import strings."""
+    """Build model (with its checkpoint), the data of each split and the loss from the config."""
     model = build_model(config.model)
     if config.checkpoint is not None:
         load_checkpoint(model, config.checkpoint)
-    inputs, targets = load_data(config.data, config.max_samples)
-    return Problem(model=model, inputs=inputs, targets=targets, loss_fn=resolve_loss(config.loss))
+    splits = {TRAIN: load_data(config.data, config.max_samples, "--data")}
+    if config.test_data is not None:
+        splits[TEST] = load_data(config.test_data, config.max_test_samples, "--test-data")
+    return Problem(model=model, splits=splits, loss=resolve_loss(config.loss))
 
 
 def fingerprint(problem: Problem) -> dict[str, object]:
-    """Content hashes of θ0 and the data, and the sample count: a resumed run must match them."""
-    return {
-        "theta0_sha256": _sha256(problem.model.state_dict().items()),
-        "data_sha256": _sha256([("inputs", problem.inputs), ("targets", problem.targets)]),
-        "num_samples": len(problem.inputs),
-    }
+    """Content hashes of θ0 and of each split's data, and the sample counts: a resumed run must match
+    them. The train split's are ``data_sha256`` and ``num_samples``; another split's carry its name."""
+    prints: dict[str, object] = {"theta0_sha256": _sha256(problem.model.state_dict().items())}
+    for split, samples in problem.splits.items():
+        prefix = "" if split == TRAIN else f"{split}_"
+        prints[f"{prefix}data_sha256"] = _sha256(samples.named_tensors())
+        prints[f"{prefix}num_samples"] = len(samples)
+    return prints
 
 
 def _sha256(named_tensors) -> str:
@@ -71,6 +141,17 @@ def _sha256(named_tensors) -> str:
         digest.update(f"{name}:{array.dtype}:{tuple(array.shape)};".encode())
         digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b"")
     return digest.hexdigest()
+
+
+def _fingerprint_what(key: str) -> str:
+    """What a fingerprint key stands for, in words: ``test_data_sha256`` -> "the test data"."""
+    if key == "theta0_sha256":
+        return "the model's weights (θ0)"
+    split = key.rpartition("data_sha256")[0] or key.rpartition("num_samples")[0]
+    split = split.rstrip("_")
+    if key.endswith("num_samples"):
+        return f"the number of {split + ' ' if split else ''}samples"
+    return f"the {split + ' ' if split else ''}data"
 
 
 def check_output(config: RunConfig, *, resume: bool, overwrite: bool) -> bool:
@@ -103,58 +184,39 @@ def check_fingerprint(path: str, expected: dict[str, object]) -> None:
     with open_checked(path, "r") as f:
         for key, value in expected.items():
             if key in f.attrs and f.attrs[key] != value:
-                what = {"theta0_sha256": "the model's weights (θ0)", "data_sha256": "the data"}.get(key, key)
-                raise UserError(f"--resume: {what} differ from those {path!r} was computed with")
+                raise UserError(f"--resume: {_fingerprint_what(key)} differ from those {path!r} was computed with")
 
 
-def prepare(
-    config: RunConfig, *, resume: bool, overwrite: bool, local_rank: int = 0
-) -> tuple[Prepared, dict[str, object]]:
-    """Load the problem and the directions and check the file to resume, if any. Returns the prepared
-    run and the problem's fingerprint. Changes no file."""
-    resuming = check_output(config, resume=resume, overwrite=overwrite)
-    device = resolve_device(config.device, local_rank)
-    problem = load_problem(config)
-    check_model_accepts_data(problem, device)
-    prints = fingerprint(problem)
-    if resuming:
-        check_fingerprint(config.out, prints)
-        with open_checked(config.out, "r") as f:
-            directions = read_directions(f)
-    else:
-        base = base_tensors(problem.model, config.dir_type)
-        directions = make_directions(base, config.grid.ndim, config.norm, config.ignore, config.seed)
-    return Prepared(config, problem, device, directions, resuming), prints
+def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, directions) -> SurfaceEvaluator:
+    if device.type == "cpu":
+        keep_freed_host_memory()
+    try:
+        return SurfaceEvaluator(
+            problem.model,
+            directions,
+            problem.splits,
+            problem.loss,
+            batch_size=config.batch_size,
+            device=device,
+            dir_type=config.dir_type,
+            points_per_pass=config.points_per_pass,
+            vmap=config.vmap,
+            precision=config.precision,
+            compile=config.compile,
+            channels_last=None if config.channels_last == "auto" else config.channels_last,
+        )
+    except ValueError as exc:  # the evaluator's checks of the data and directions
+        raise UserError(str(exc)) from None
 
 
-def make_evaluator(prepared: Prepared) -> SurfaceEvaluator:
-    config, problem = prepared.config, prepared.problem
-    return SurfaceEvaluator(
-        problem.model,
-        prepared.directions,
-        problem.inputs,
-        problem.targets,
-        problem.loss_fn,
-        batch_size=config.batch_size,
-        device=prepared.device,
-        dir_type=config.dir_type,
-        points_per_pass=config.points_per_pass,
-        vmap=config.vmap,
-        precision=config.precision,
-        compile=config.compile,
-        channels_last=None if config.channels_last == "auto" else config.channels_last,
-    )
-
-
-def create_file(prepared: Prepared, evaluator: SurfaceEvaluator, prints: dict[str, object]) -> None:
+def create_file(config: RunConfig, measurements: list[Measurement], directions, prints: dict[str, object]) -> None:
     """Write a new, empty surface file for this run (replacing any old one in one step)."""
-    config = prepared.config
     create_surface(
         config.out,
         config_json=config.to_json(),
         grid=config.grid,
-        outputs=evaluator.outputs,
-        directions=prepared.directions,
+        measurements=measurements,
+        directions=directions,
         direction_attrs={
             "dir_type": config.dir_type,
             "norm": config.norm,
@@ -166,87 +228,21 @@ def create_file(prepared: Prepared, evaluator: SurfaceEvaluator, prints: dict[st
     )
 
 
-def start_file(prepared: Prepared, evaluator: SurfaceEvaluator, prints: dict[str, object]) -> np.ndarray:
-    """Create the surface file, or read the file being resumed; return its done mask."""
-    if prepared.resuming:
-        with open_checked(prepared.config.out, "r") as f:
-            return f["done"][()]
-    create_file(prepared, evaluator, prints)
-    return np.zeros(prepared.config.grid.shape, dtype=np.uint8)
+def describe_plan(evaluator: SurfaceEvaluator) -> str:
+    """One line: how the evaluator runs (vmap or one point per pass, batch size) and why."""
+    plan = evaluator.plan
+    data = "on the device" if plan.resident else "streamed"
+    splits = " and ".join(evaluator.splits)
+    return f"{plan.reason}; batch {plan.batch_size}, {splits} data {data} ({evaluator.device})"
 
 
-def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> str:
-    """Compute the surface of ``config``: distributed where this process is one of several MPI ranks,
-    else in this process. Returns the file's final status."""
-    if mpi_world_size() > 1:
-        from .engine.mpi import run_distributed
+def _naming_failures(evaluator: SurfaceEvaluator):
+    """The evaluator's ``evaluate``, a batch it fails on reported as a :class:`UserError`."""
 
-        return run_distributed(config, resume=resume, overwrite=overwrite, progress=progress)
-    return run_in_process(config, resume=resume, overwrite=overwrite, progress=progress)
-
-
-def run_in_process(config: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> str:
-    """Compute the surface of ``config`` in this process alone."""
-    prepared, prints = prepare(config, resume=resume, overwrite=overwrite)
-    evaluator = make_evaluator(prepared)
-    done = start_file(prepared, evaluator, prints)
-    chunks = pending_chunks(done, config.chunk_size or default_chunk_size(config.grid.size))
-    recorder = RunRecorder.begin(config.out, pending=len(chunks), ranks=1, mode="serial", start=time.time())
-    announce_plan(evaluator, progress and bool(chunks))
-    bar = progress_bar(total=int(done.size), initial=int(np.count_nonzero(done)), enabled=progress)
-    complete = False
-    # The handlers stay until the file is closed: a second signal must not cut the close short.
-    with StopRequest() as stop:
+    def evaluate(offsets):
         try:
-            complete = run_serial(
-                evaluator.evaluate, config.grid, chunks, recorder, device=str(prepared.device), progress=bar, stop=stop
-            )
-        finally:
-            bar.close()
-            status = recorder.end(complete)
-    return status
+            return evaluator.evaluate(offsets)
+        except BatchError as exc:
+            raise UserError(str(exc)) from exc
 
-
-def mpi_world_size() -> int:
-    """The number of ranks this process was launched with by mpirun/srun (1 if none), read from the
-    launcher's environment so that a plain run never imports MPI."""
-    names = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
-    return _launcher_value(names, "SLURM_STEP_NUM_TASKS", 1)
-
-
-def mpi_rank() -> int:
-    """This process's rank as its launcher set it (0 if none)."""
-    names = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
-    return _launcher_value(names, "SLURM_PROCID", 0)
-
-
-def _launcher_value(mpi_names: tuple[str, ...], slurm_name: str, default: int) -> int:
-    """The first whole number among the MPI launchers' variables; else SLURM's, inside a job step."""
-    for name in mpi_names:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    if os.environ.get("SLURM_STEP_ID") is not None and os.environ.get(slurm_name, "").isdigit():
-        return int(os.environ[slurm_name])
-    return default
-
-
-def announce_plan(evaluator: SurfaceEvaluator, enabled: bool) -> None:
-    """One line on stderr: how the evaluator runs (vmap or one point per pass, batch size) and why."""
-    if enabled:
-        plan = evaluator.plan
-        data = "on the device" if plan.resident else "streamed"
-        print(f"dsurf: {plan.reason}; batch {plan.batch_size}, data {data} ({evaluator.device})", file=sys.stderr)
-
-
-def progress_bar(total: int, initial: int, enabled: bool):
-    """A tqdm bar of grid points on stderr."""
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="pt",
-        desc="surface",
-        disable=None if enabled else True,  # None: shown on a terminal, not in logs
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    return evaluate

@@ -1,9 +1,11 @@
 """The surface file (HDF5): layout, creation, chunk writes, resume checks and reading back.
 
 Layout (see DESIGN.md): root attributes ``format``, ``format_version``, ``config`` (JSON), ``status``,
-versions, ``num_samples``, timestamps; ``xcoordinates`` (and ``ycoordinates``); ``train_<output>`` of the
-grid's shape, NaN until computed; ``done`` (uint8); ``directions/x|y/<parameter name>``; ``timings``
-(one record per computed chunk) and ``runs`` (one record per run of the file).
+versions, ``num_samples``, ``measurements`` (JSON: the evaluator's declaration), timestamps;
+``xcoordinates`` (and ``ycoordinates``); one dataset per declared measurement (``train_loss``, ...) of
+the grid's shape followed by its per-point shape, NaN until computed; ``done`` (uint8);
+``directions/x|y/<parameter name>``; ``timings`` (one record per computed chunk) and ``runs`` (one
+record per run of the file).
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ import numpy as np
 import torch
 
 from . import __version__
+from .core import measurements as declared
 from .core.grid import Grid
+from .core.measurements import Measurement
 from .errors import UserError
 
 FORMAT = "distributed_surface"
 FORMAT_VERSION = 1
-SPLIT = "train"
 DIRECTION_AXES = ("x", "y")
+# How a run ends, and so the file's status after it (a file being written is "running").
+RUN_STATUSES = ("complete", "interrupted", "failed")
 
 TIMING_DTYPE = np.dtype(
     [
@@ -44,11 +49,6 @@ TIMING_DTYPE = np.dtype(
 RUN_DTYPE = np.dtype(
     [("start", "f8"), ("end", "f8"), ("status", "S16"), ("ranks", "i4"), ("mode", "S32"), ("host", "S64")]
 )
-
-
-def metric_name(output: str) -> str:
-    """The dataset name of an evaluator output: ``loss`` -> ``train_loss``."""
-    return f"{SPLIT}_{output}"
 
 
 def now() -> str:
@@ -72,7 +72,7 @@ def create_surface(
     *,
     config_json: str,
     grid: Grid,
-    outputs: Sequence[str],
+    measurements: Sequence[Measurement],
     directions: Sequence[Mapping[str, torch.Tensor]],
     direction_attrs: Mapping[str, object],
     fingerprint: Mapping[str, object],
@@ -97,10 +97,11 @@ def create_surface(
             f.create_dataset("xcoordinates", data=grid.x.coordinates)
             if grid.y is not None:
                 f.create_dataset("ycoordinates", data=grid.y.coordinates)
-            for output in outputs:
+            f.attrs["measurements"] = declared.to_json(measurements)
+            for m in measurements:
                 # Written in full now (not left to a fill value) so that storage is allocated before any
                 # rank of a parallel run writes into it.
-                f.create_dataset(metric_name(output), data=np.full(grid.shape, np.nan))
+                f.create_dataset(m.name, data=np.full(grid.shape + tuple(m.shape), _unset(m.dtype), dtype=m.dtype))
             f.create_dataset("done", data=np.zeros(grid.shape, dtype=np.uint8))
             group = f.create_group("directions")
             for axis, direction in zip(DIRECTION_AXES, directions):
@@ -115,6 +116,11 @@ def create_surface(
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _unset(dtype: str):
+    """The value of a measurement not computed yet: NaN, or -1 for integers."""
+    return np.nan if np.dtype(dtype).kind in "fc" else -1
 
 
 def _create_extendable(f: h5py.File, name: str, dtype: np.dtype, chunk: int) -> None:
@@ -202,8 +208,9 @@ class RunRecorder:
         (Serially the two steps are flushed in turn; under mpio each write goes straight to MPI-IO.)"""
         indices = np.asarray(result.indices, dtype=np.int64)
         shape = self.file["done"].shape
-        for output, array in result.values.items():
-            write_points(self.file[metric_name(output)], shape, indices, np.asarray(array, dtype=np.float64))
+        for name, array in result.values.items():
+            dataset = self.file[name]
+            write_points(dataset, shape, indices, np.asarray(array, dtype=dataset.dtype))
         record = np.zeros((), dtype=TIMING_DTYPE)
         record["run"] = self.run_index
         record["first_index"] = int(indices[0])
@@ -219,11 +226,13 @@ class RunRecorder:
         if self.flush_each_chunk:
             self.file.flush()
 
-    def end(self, complete: bool, *, end_time: float | None = None) -> str:
-        """Record the run's end and the file's status (``complete``, or ``interrupted`` where points
-        are left), close the file and return the status. Collective under mpio, like ``begin``."""
+    def end(self, status: str, *, end_time: float | None = None) -> str:
+        """Record the run's end and the file's ``status`` (``complete``; ``interrupted`` where points
+        are left; ``failed`` where the run failed), close the file and return the status. Collective
+        under mpio, like ``begin``."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
         f = self.file
-        status = "complete" if complete else "interrupted"
         if self.is_root:
             runs = f["runs"]
             row = runs[self.run_index]
@@ -285,11 +294,24 @@ def read_surface(path: str) -> SurfaceData:
             config=json.loads(attrs.get("config", "{}")),
             x=f["xcoordinates"][()],
             y=f["ycoordinates"][()] if "ycoordinates" in f else None,
-            metrics={name: f[name][()] for name in f if name.startswith(SPLIT + "_")},
+            metrics={m.name: f[m.name][()] for m in stored_measurements(f)},
             done=f["done"][()],
             timings=timings[timings["points"] > 0] if timings.size else timings,
             runs=f["runs"][()],
         )
+
+
+def stored_measurements(f: h5py.File) -> list[Measurement]:
+    """The measurements a surface file holds: its declaration, or (files from before it) every dataset
+    named like a measurement with the grid's shape."""
+    if "measurements" in f.attrs:
+        return declared.from_json(_plain(f.attrs["measurements"]))
+    shape = f["done"].shape
+    return [
+        Measurement(name, str(f[name].dtype), f[name].shape[len(shape):])
+        for name in declared.ordered(n for n in f if declared.is_measurement_name(n))
+        if isinstance(f[name], h5py.Dataset) and f[name].shape[: len(shape)] == shape
+    ]
 
 
 def _plain(value):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 # The built-in example's network slowed down per forward pass (one pass per point at --max-samples
 # below the batch size), so that a signal or a kill lands while a run is under way. Its values are the
 # example's. Write it with write_slow_model(); pass SLOW_ARGS to dsurf.
-SLOW_ARGS = ["--model", "slow.py:model", "--data", "distributed_surface.example:digits_data"]
+SLOW_ARGS = ["--model", "slow.py:model", "--data", "distributed_surface.example:digits_train_data"]
 _SLOW_MODEL = """
 import time
 import torch
@@ -104,6 +104,16 @@ def data():
     inputs = torch.randn(N, 1, 6, 6, generator=g)
     targets = torch.randint(0, C, (N,), generator=g)
     return inputs, targets
+
+
+def test_data():
+    g = _seeded(17)
+    return torch.randn(40, 1, 6, 6, generator=g), torch.randint(0, C, (40,), generator=g)
+
+
+def float_label_data():
+    x, y = data()
+    return x, y.float()
 
 
 def data64():

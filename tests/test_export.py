@@ -222,7 +222,7 @@ def test_csv_of_a_paper_file(dsurf, files, tmp_path):
     "args,needles",
     [
         (["--format", "obj"], ["obj", "vtp, vts, csv"]),
-        (["--format", "vtp", "--kind", "err"], ["err", "loss, acc"]),
+        (["--format", "vtp", "--kind", "err"], ["err", "no train_err", "train_loss, train_acc"]),
         (["--format", "vtp", "--out", "nowhere/s.vtp"], ["nowhere", "does not exist"]),
         (["--format", "csv", "--out", "."], ["is a directory"]),
         (["--format", "csv", "--out", "s2.h5"], ["s2.h5", "surface file itself"]),

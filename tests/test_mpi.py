@@ -20,7 +20,9 @@ if MPIRUN is None:  # pragma: no cover - the set-up installs Open MPI
     pytest.skip("mpirun is not installed", allow_module_level=True)
 
 GRIDS = {"1d": ["--x=-1:1:7"], "2d": ["--x=-1:1:5", "--y=-0.5:0.5:4"]}
-COMMON = ["--max-samples", "200", "--no-plot", "--no-progress", "--chunk-size", "2"]
+# Every run evaluates a test split too: test_* must equal the serial run's as train_* do.
+TEST_SPLIT = ["--test-data", "distributed_surface.example:digits_test_data", "--max-test-samples", "100"]
+COMMON = ["--max-samples", "200", *TEST_SPLIT, "--no-plot", "--no-progress", "--chunk-size", "2"]
 FAILING_MODEL = '''
 import os
 import torch
@@ -88,6 +90,8 @@ def read(path):
         return {
             "loss": f["train_loss"][()],
             "acc": f["train_acc"][()],
+            "test_loss": f["test_loss"][()] if "test_loss" in f else None,
+            "test_acc": f["test_acc"][()] if "test_acc" in f else None,
             "done": f["done"][()],
             "status": f.attrs["status"],
             "timings": timings[timings["points"] > 0],
@@ -98,6 +102,10 @@ def read(path):
 def assert_same_surface(got, expected):
     np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-7, atol=0)
     np.testing.assert_allclose(got["acc"], expected["acc"], rtol=1e-7, atol=0)
+    for name in ("test_loss", "test_acc"):
+        assert (got[name] is None) == (expected[name] is None), name
+        if expected[name] is not None:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-7, atol=0)
     assert got["done"].all()
 
 
@@ -161,14 +169,16 @@ def test_variants_equal_serial(variant, extra_env, flags, mode, serial_surfaces,
 
 def test_failing_worker_ends_job_and_resume_completes(serial_surfaces, env, tmp_path):
     (tmp_path / "failing.py").write_text(FAILING_MODEL)
-    args = ["run", "--model", "failing.py:model", "--data", "distributed_surface.example:digits_data"]
+    args = ["run", "--model", "failing.py:model", "--data", "distributed_surface.example:digits_train_data"]
     args += [*GRIDS["2d"], *COMMON, "--out", "surface.h5"]
     started = time.monotonic()
     result = dsurf(args, dict(env, FAIL_ON_RANK_ONE="1"), tmp_path, ranks=3, timeout=60)
     assert time.monotonic() - started < 30
     assert result.returncode != 0
-    assert "rank 1" in result.stderr and "injected failure" in result.stderr
-    partial = read(tmp_path / "surface.h5")  # the file opens
+    assert "rank 1" in result.stderr and "injected failure" in result.stderr and "train samples" in result.stderr
+    assert "Traceback" not in result.stderr  # a batch the model fails on is a one-line error, named
+    partial = read(tmp_path / "surface.h5")  # the file opens, closed by every rank as failed
+    assert partial["status"] == "failed"
     done_before = int(partial["done"].sum())
     assert 0 < done_before < partial["done"].size
     assert int(partial["timings"]["points"].sum()) == done_before
@@ -180,7 +190,7 @@ def test_failing_worker_ends_job_and_resume_completes(serial_surfaces, env, tmp_
     assert_same_surface(final, serial_surfaces["2d"])
     # No done point recomputed: each point appears in exactly one timing record across both runs.
     assert sorted(covered_points(final["timings"])) == list(range(final["done"].size))
-    assert [r["status"].decode() for r in final["runs"]] == ["running", "complete"]
+    assert [r["status"].decode() for r in final["runs"]] == ["failed", "complete"]
 
 
 @pytest.mark.gpu

@@ -39,6 +39,8 @@ def make_surfaces(root: Path) -> dict[str, Path]:
         common = ["--max-samples", str(SAMPLES), "--no-plot", "--no-progress"]
         assert cli.main(["run", "--x=-1:1:5", "--y=-1:1:4", "--out", "s2.h5", *common]) == 0
         assert cli.main(["run", "--x=-1:1:7", "--out", "s1.h5", *common]) == 0
+        test = ["--test-data", "distributed_surface.example:digits_test_data", "--max-test-samples", str(SAMPLES)]
+        assert cli.main(["run", "--x=-1:1:7", "--out", "s1_test.h5", *test, *common]) == 0
     files = {"2d": root / "s2.h5", "1d": root / "s1.h5"}
 
     files["partial"] = root / "partial.h5"
@@ -54,10 +56,6 @@ def make_surfaces(root: Path) -> dict[str, Path]:
         f.attrs["status"] = "interrupted"
 
     files["1d_test"] = root / "s1_test.h5"
-    shutil.copy(files["1d"], files["1d_test"])
-    with h5py.File(files["1d_test"], "r+") as f:
-        f["test_loss"] = f["train_loss"][()] * 1.5
-        f["test_acc"] = f["train_acc"][()] * 0.8
 
     full = read_surface(str(files["2d"]))
     files["legacy"] = root / "paper.h5"
@@ -322,7 +320,7 @@ def test_paper_file_is_read_in_its_layout(files, tmp_path):
     np.testing.assert_array_equal(data.metrics["test_loss"], np.where(expected_done, 2 * loss, np.nan))
     assert data.status == "incomplete" and data.config["norm"] == "filter"
     pictures = plot.plot_surface(str(tmp_path / "p.h5"), str(tmp_path / "pp"))
-    assert len(pictures) == 16  # 4 kinds x train/test loss/acc
+    assert len(pictures) == 18  # 4 kinds x train/test loss/acc, and the loss and accuracy gaps
     check_pictures(pictures)
 
 
@@ -382,7 +380,7 @@ def test_bad_files(dsurf, files, tmp_path):
     [
         ("2d", ["--kind", "curve"], ["curve", "2D"]),
         ("1d", ["--kind", "heatmap"], ["heatmap", "1D"]),
-        ("2d", ["--kind", "contour,bogus"], ["bogus", "contour, contourf, heatmap, surface, curve"]),
+        ("2d", ["--kind", "contour,bogus"], ["bogus", "contour, contourf, heatmap, surface, gap, curve"]),
         ("2d", ["--format", "jpg"], ["jpg", "png, pdf, svg"]),
         ("2d", ["--vmin", "2", "--vmax", "1"], ["--vmin", "--vmax"]),
         ("2d", ["--levels", "0"], ["--levels"]),

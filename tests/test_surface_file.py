@@ -11,7 +11,8 @@ import torch
 
 import distributed_surface
 from distributed_surface.core.directions import base_tensors, make_directions
-from distributed_surface.core.evaluate import SurfaceEvaluator, cross_entropy
+from distributed_surface.core.evaluate import SurfaceEvaluator
+from distributed_surface.core.losses import cross_entropy
 from distributed_surface.storage import read_directions, read_surface
 from helpers import read_h5, reference_point
 
@@ -89,13 +90,13 @@ def test_2d_values_are_at_their_coordinates(tiny, surface_2d):
         assert set(mine) == set(theirs)
         for name in mine:
             assert torch.equal(mine[name], theirs[name])
-    ev = SurfaceEvaluator(tiny.model(), directions, inputs, targets, cross_entropy, batch_size=1024)
+    ev = SurfaceEvaluator(tiny.model(), directions, (inputs, targets), cross_entropy, batch_size=1024)
     x, y = data["xcoordinates"], data["ycoordinates"]
     points = [(i, j) for i in range(3) for j in range(4)]
     got = ev.evaluate(np.array([[x[i], y[j]] for i, j in points]))
     for k, (i, j) in enumerate(points):
-        assert data["train_loss"][i, j] == pytest.approx(got["loss"][k], rel=1e-12)
-        assert data["train_acc"][i, j] == got["acc"][k]
+        assert data["train_loss"][i, j] == pytest.approx(got["train_loss"][k], rel=1e-12)
+        assert data["train_acc"][i, j] == got["train_acc"][k]
     # a transposed layout would be caught: values vary along both axes
     assert not np.allclose(data["train_loss"][:, 0], data["train_loss"][:, 1])
     assert not np.allclose(data["train_loss"][0, :], data["train_loss"][1, :])

@@ -1,17 +1,33 @@
-"""The numerical core: directions, grid and evaluation. It imports torch and numpy only."""
+"""The numerical core: directions, grid, losses and evaluation. It imports torch and numpy only.
 
-from .directions import base_tensors, make_directions, normalize_direction, random_direction
-from .evaluate import SurfaceEvaluator
-from .grid import Axis, Grid, chunk_bounds, pending_chunks
+Names are loaded on first use, so that the torch-free parts (:mod:`.grid`, :mod:`.measurements`,
+:mod:`.options`) can be imported without importing torch.
+"""
 
-__all__ = [
-    "Axis",
-    "Grid",
-    "SurfaceEvaluator",
-    "base_tensors",
-    "chunk_bounds",
-    "make_directions",
-    "normalize_direction",
-    "pending_chunks",
-    "random_direction",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "Axis": "grid",
+    "Grid": "grid",
+    "chunk_bounds": "grid",
+    "pending_chunks": "grid",
+    "Measurement": "measurements",
+    "SPLITS": "measurements",
+    "Samples": "samples",
+    "SurfaceEvaluator": "evaluate",
+    "base_tensors": "directions",
+    "make_directions": "directions",
+    "normalize_direction": "directions",
+    "random_direction": "directions",
+    "cross_entropy": "losses",
+    "causal_lm": "losses",
+    "mse": "losses",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

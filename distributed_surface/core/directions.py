@@ -11,9 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-NORMS = ("filter", "layer", "weight", "none")
-IGNORE_RULES = ("biasbn", "none")
-DIR_TYPES = ("weights", "states")
+from .options import DIR_TYPES, IGNORE_RULES, NORMS
 
 # The paper's code adds this to every norm it divides by, so that an all-zero slice stays finite.
 _EPS = 1e-10

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import socket
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.grid import Grid
+from ..core.grid import Grid, default_chunk_size, pending_chunks
 from ..storage import RunRecorder
+from .job import Evaluate, Job
+from .progress import Progress
 from .stop import Interrupted, NoStop, StopRequest
-
-Evaluate = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -34,19 +35,45 @@ def evaluate_chunk(evaluate: Evaluate, grid: Grid, slot: int, indices: np.ndarra
     return ChunkResult(slot, indices, values, timing)
 
 
-def run_serial(
+def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True, stop: StopRequest | None = None) -> str:
+    """Run ``job`` in this process: prepare its file, evaluate every pending chunk and store each as soon
+    as it is done, so that an interrupted run keeps every finished chunk. Returns the file's status:
+    ``complete``, or ``interrupted`` where ``stop`` asked to stop first; a failure closes the file as
+    ``failed`` and is raised. ``chunk_size``: points per chunk (default: automatic)."""
+    stop = stop or NoStop()
+    setup = job.prepare(local_rank=0)
+    worker = job.worker(setup, local_rank=0, root=True)
+    chunks = pending_chunks(setup.done, chunk_size or default_chunk_size(job.grid.size))
+    recorder = RunRecorder.begin(job.out, pending=len(chunks), ranks=1, mode="serial", start=setup.start)
+    if progress and chunks and worker.plan:
+        print(f"dsurf: {worker.plan}", file=sys.stderr)
+    bar = Progress(total=int(setup.done.size), initial=int(np.count_nonzero(setup.done)), enabled=progress)
+    status = "interrupted"  # where a KeyboardInterrupt or a SystemExit ends it
+    try:
+        complete = compute_chunks(worker.evaluate, job.grid, chunks, recorder, device=worker.device, progress=bar, stop=stop)
+        status = "complete" if complete else "interrupted"
+    except Exception:
+        status = "failed"
+        raise
+    finally:
+        bar.close()
+        recorder.end(status)
+    return status
+
+
+def compute_chunks(
     evaluate: Evaluate,
     grid: Grid,
     chunks: Sequence[np.ndarray],
     recorder: RunRecorder,
     *,
     device: str,
-    progress=None,
+    progress: Progress | None = None,
     stop: StopRequest | None = None,
 ) -> bool:
     """Evaluate ``chunks`` (flat point indices) with ``evaluate`` and write each chunk to ``recorder``
-    as soon as it is done, so that an interrupted run keeps every finished chunk. Returns True when
-    every chunk is done, False when ``stop`` asked to stop first."""
+    as soon as it is done. Returns True when every chunk is done, False when ``stop`` asked to stop
+    first."""
     stop = stop or NoStop()
     for slot, indices in enumerate(chunks):
         if stop.requested:

@@ -1,0 +1,9 @@
+"""The choices of the core's settings, torch-free so that a config can be checked before torch is
+imported (a bad flag is refused at once). The modules that implement them import them from here."""
+
+NORMS = ("filter", "layer", "weight", "none")
+IGNORE_RULES = ("biasbn", "none")
+DIR_TYPES = ("weights", "states")
+PRECISIONS = ("fp32", "tf32", "bf16")
+VMAP_MODES = ("auto", "tune", "on", "off")
+BUILTIN_LOSS_NAMES = ("cross_entropy", "causal_lm", "mse")

@@ -1,0 +1,62 @@
+"""What the engines run: a job prepares the surface file on rank 0 and builds each rank's worker.
+
+The engines (:mod:`.serial`, :mod:`.mpi`) know nothing of what is computed at a point: they take the
+pending points from the file's ``done`` mask, split them into chunks, hand the chunks to workers, and
+store the arrays that a worker's ``evaluate`` returns, under their names, through
+:class:`~distributed_surface.storage.RunRecorder`. A job is any object with the attributes and methods
+of :class:`Job`; ``distributed_surface.run.SurfaceJob`` is the one ``dsurf run`` uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..core.grid import Grid
+
+Evaluate = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+@dataclass
+class Setup:
+    """What rank 0's ``prepare`` leaves for the run: the file's done mask when the run starts, the
+    time it started, whatever the job's workers on other ranks need from rank 0 (``shared``: picklable,
+    it is broadcast), and what rank 0's own worker may reuse (``local``: never sent; dropped where rank
+    0 only coordinates, to free its memory)."""
+
+    done: np.ndarray
+    start: float
+    shared: object = None
+    local: object = None
+
+    def for_others(self) -> "Setup":
+        return Setup(self.done, self.start, self.shared)
+
+
+@dataclass
+class Worker:
+    """One rank's evaluator: ``evaluate(offsets (K, ndim)) -> {measurement name: (K, ...) array}``, the
+    device it runs on, and a line that says how it runs (rank 0's is printed)."""
+
+    evaluate: Evaluate
+    device: str
+    plan: str = ""
+
+
+class Job(Protocol):
+    """A surface computation, as the engines see it.
+
+    ``prepare()`` runs on rank 0 only: it checks everything, creates (or opens, to resume) the file at
+    ``out`` and returns the :class:`Setup`; a user mistake raises ``UserError`` and changes no file.
+    ``worker(setup, local_rank, root)`` runs on every rank that evaluates (rank 0 included, where it
+    works), after ``prepare``; on rank 0 it may reuse what ``prepare`` loaded."""
+
+    out: str
+    grid: Grid
+
+    def prepare(self, local_rank: int = 0) -> Setup: ...
+
+    def worker(self, setup: Setup, *, local_rank: int, root: bool) -> Worker: ...

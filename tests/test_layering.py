@@ -1,0 +1,96 @@
+"""The architecture's rules, checked on the source: what each layer may import, and that the split
+names are spelled in one place only."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "distributed_surface"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute names of the modules a source file imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text())
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def sources(folder: str) -> list[Path]:
+    return sorted((PACKAGE / folder).glob("*.py"))
+
+
+@pytest.mark.parametrize("path", sources("core"), ids=lambda p: p.name)
+def test_the_core_imports_torch_and_numpy_only(path):
+    for name in imported_modules(path):
+        root = name.split(".")[0]
+        assert root in {"torch", "numpy", "__future__", "distributed_surface"} or root in sys.stdlib_module_names, name
+        if root == "distributed_surface":
+            assert name.startswith("distributed_surface.core"), f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("path", sources("engine"), ids=lambda p: p.name)
+def test_the_engine_does_not_import_the_application(path):
+    forbidden = ("distributed_surface.run", "distributed_surface.cli", "distributed_surface.problem", "distributed_surface.config")
+    for name in imported_modules(path):
+        assert not name.startswith(forbidden), f"{path.name} imports {name}"
+    if path.name != "mpi.py":
+        assert not any(n.split(".")[0] == "mpi4py" for n in imported_modules(path)), path.name
+
+
+def string_constants(path: Path) -> list[tuple[int, str]]:
+    """Every string in the code of a module, docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def test_split_names_are_spelled_in_one_place():
+    """Only core/measurements.py names the splits and measurements; everything else asks it. (Settings
+    such as ``test_data`` are settings' names, not measurements.)"""
+    from dataclasses import fields
+
+    from distributed_surface.config import RunConfig
+
+    settings = {f.name for f in fields(RunConfig)}
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "measurements.py":
+            continue
+        for line, text in string_constants(path):
+            if text in ("train", "test") or (text.startswith(("train_", "test_")) and text not in settings):
+                found.append(f"{path.relative_to(PACKAGE)}:{line}: {text!r}")
+    assert not found, "\n".join(found)
+
+
+def test_import_needs_neither_mpi4py_nor_matplotlib():
+    code = (
+        "import sys, distributed_surface, distributed_surface.run, distributed_surface.storage; "
+        "bad = [m for m in ('mpi4py', 'matplotlib') if m in sys.modules]; sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
