@@ -4,6 +4,7 @@ that the command line can import them (``--model path/tiny.py:model``), and ``ds
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import textwrap
 import warnings
@@ -12,6 +13,20 @@ import pytest
 
 from distributed_surface import cli
 from helpers import TINY_MODULE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def example_cache(tmp_path_factory):
+    """One trained example per test run: every test, and every process a test starts (the environment
+    is inherited), shares one model cache, so the built-in example is trained once."""
+    cache = tmp_path_factory.mktemp("example_cache")
+    before = os.environ.get("DSURF_CACHE")
+    os.environ["DSURF_CACHE"] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop("DSURF_CACHE", None)
+    else:
+        os.environ["DSURF_CACHE"] = before
 
 
 @pytest.fixture

@@ -72,7 +72,6 @@ def done_count(path) -> int:
 def test_sigkill_at_random_moments_then_resume(tmp_path):
     env = dict(
         os.environ,
-        DSURF_CACHE=str(tmp_path / "cache"),
         OMPI_ALLOW_RUN_AS_ROOT="1",
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
     )

@@ -50,13 +50,11 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """The environment of every run: a shared model cache (the example is trained once) and Open MPI's
-    permission to run as root on these machines."""
-    cache = tmp_path_factory.mktemp("cache")
+def env():
+    """The environment of every run: Open MPI's permission to run as root on these machines (and the
+    session's example cache, from conftest.py)."""
     return dict(
         os.environ,
-        DSURF_CACHE=str(cache),
         OMPI_ALLOW_RUN_AS_ROOT="1",
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
         OMPI_MCA_rmaps_base_oversubscribe="1",

@@ -34,7 +34,6 @@ def make_surfaces(root: Path) -> dict[str, Path]:
     (interrupted, the last 9 points not done), a 1D copy with test values, and paper-format files."""
     root.mkdir(parents=True, exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DSURF_CACHE", str(root.parent / "dsurf_cache"))  # shared: the example trains once
         mp.chdir(root)
         common = ["--max-samples", str(SAMPLES), "--no-plot", "--no-progress"]
         assert cli.main(["run", "--x=-1:1:5", "--y=-1:1:4", "--out", "s2.h5", *common]) == 0
@@ -350,7 +349,6 @@ def test_paper_file_without_missing_points_is_complete(tmp_path):
 
 
 def test_degenerate_grid_all_kinds(dsurf, surfaces, tmp_path, monkeypatch):
-    monkeypatch.setenv("DSURF_CACHE", str(surfaces["2d"].parent.parent / "dsurf_cache"))
     rc, _, err = dsurf(
         "run", "--x=-1:1:3", "--y=0:0:1", "--max-samples", "50", "--out", "line.h5", "--no-plot", "--no-progress"
     )

@@ -69,7 +69,6 @@ def job_env(workdir: Path) -> dict[str, str]:
     """The environment the jobs inherit (sbatch passes it on): one model cache, Open MPI as root."""
     return dict(
         os.environ,
-        DSURF_CACHE=str(workdir / "cache"),
         OMPI_ALLOW_RUN_AS_ROOT="1",
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
     )
@@ -181,6 +180,7 @@ def test_bad_sbatch_flags_get_one_line(flags, message, capsys):
     assert len(err) == 1 and err[0].startswith("dsurf: error:") and message in err[0]
 
 
+@pytest.mark.slurm
 def test_submitted_job_computes_the_serial_surface(slurm, workdir, reference):
     job = sbatch(workdir, "plain.h5")
     wait_for_state(job, "COMPLETED", "FAILED", "CANCELLED")
@@ -192,6 +192,7 @@ def test_submitted_job_computes_the_serial_surface(slurm, workdir, reference):
     assert (workdir / "plain.sbatch").is_file()
 
 
+@pytest.mark.slurm
 def test_preempted_job_requeued_by_slurm_resumes(slurm, workdir, reference):
     """A preemption: every rank gets USR1 (`scancel --signal=USR1`), then the job is requeued
     (`scontrol requeue`); the requeued job finishes the file without recomputing a point."""
@@ -208,6 +209,7 @@ def test_preempted_job_requeued_by_slurm_resumes(slurm, workdir, reference):
     assert_finished_without_recomputing(out, reference)
 
 
+@pytest.mark.slurm
 def test_warned_job_requeues_itself_and_resumes(slurm, workdir, reference):
     """The time-limit warning (USR1 to the batch shell, as `--signal=B:USR1@S` sends it): the script
     stops the ranks, sees dsurf's exit code 3 and requeues the job, which resumes the file."""
