@@ -6,7 +6,11 @@ import argparse
 import re
 import sys
 
+from .engine.stop import NoStop, StopRequest
 from .errors import UserError
+
+# The signal handlers of the command being run (see main).
+STOP: StopRequest = NoStop()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("surface", metavar="SURFACE.h5")
     info.add_argument(
         "--status", action="store_true",
-        help="print the status word only (complete, interrupted, running, failed): for scripts",
+        help="print the status word only, for scripts: running (a run is writing it), complete, interrupted "
+        "(stopped by a signal, or killed: --resume continues it), failed (its run failed: --resume continues it)",
     )  # fmt: skip
     plot = commands.add_parser("plot", help="pictures of a surface file")
     plot.add_argument("surface", metavar="SURFACE.h5")
@@ -140,11 +145,16 @@ def run_config(args: argparse.Namespace):
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from .engine.launcher import rank
-    from .run import run
+    from .engine.launcher import rank, world_size
 
     config = run_config(args)
-    status = run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if world_size() == 1:  # (under MPI rank 0 checks, and every rank hears its verdict)
+        from .output import preflight
+
+        preflight(config, resume=args.resume, overwrite=args.overwrite)
+    from .run import run  # torch: only once the settings and the output are known to be good
+
+    status = run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, stop=STOP)
     if rank() != 0:  # rank 0 speaks for the job
         return EXIT_CODES[status]
     if status != "complete":
@@ -173,10 +183,10 @@ def _plot_if_possible(path: str, out_dir: str | None) -> None:
 
 
 def command_info(args: argparse.Namespace) -> int:
-    from .info import describe_surface
+    from .info import describe_surface, effective_status
     from .storage import read_surface
 
-    print(read_surface(args.surface).status if args.status else describe_surface(args.surface))
+    print(effective_status(read_surface(args.surface)) if args.status else describe_surface(args.surface))
     return 0
 
 
@@ -252,15 +262,25 @@ _NEGATIVE = re.compile(r"^-[\d.]")
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(_glue_axis_values(sys.argv[1:] if argv is None else list(argv)))
-        return COMMANDS[args.command](args)
-    except UserError as exc:
-        print(f"dsurf: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("dsurf: interrupted; finished chunks are saved, continue with --resume", file=sys.stderr)
-        return 130
+    argv = _glue_axis_values(sys.argv[1:] if argv is None else list(argv))
+    global STOP
+    # `dsurf run` takes SIGUSR1, SIGTERM and SIGINT from its first moment (before torch is imported) to
+    # its last: a signal at any time stops the run with its file "interrupted" and exit code 3, and a
+    # second one cannot cut the closing of the file short.
+    STOP = StopRequest() if argv[:1] == ["run"] else NoStop()
+    with STOP:
+        try:
+            args = build_parser().parse_args(argv)
+            return COMMANDS[args.command](args)
+        except UserError as exc:
+            from .engine.launcher import rank
+
+            if rank() == 0:  # under MPI every rank finds a bad setting: rank 0 says it, once
+                print(f"dsurf: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("dsurf: interrupted; finished chunks are saved, continue with --resume", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,17 +8,32 @@ from collections import defaultdict
 import numpy as np
 
 from .core.measurements import ordered
+from .lock import describe, holder
 from .storage import SurfaceData, read_surface
+
+
+def effective_status(data: SurfaceData) -> str:
+    """The file's status, where a file left "running" by a run that is gone (killed without warning:
+    no live run holds its lock) is "interrupted", as a run that stopped on a signal leaves it."""
+    if data.status == "running" and holder(data.path) is None:
+        return "interrupted"
+    return data.status
 
 
 def describe_surface(path: str) -> str:
     """A human-readable summary: status, progress, grid, config, runs and timings per rank."""
     data = read_surface(path)
     done, total = data.progress
+    owner = holder(path) if data.status == "running" else None
+    if data.status != "running":
+        status = data.status
+    elif owner is not None:
+        status = f"running ({describe(owner)})"
+    else:
+        status = "interrupted (its last run was killed without warning: --resume continues it)"
     lines = [
         f"file:      {path}",
-        f"status:    {data.status}"
-        + (" (or its run was killed without warning: --resume continues it)" if data.status == "running" else ""),
+        f"status:    {status}",
         f"progress:  {done}/{total} points done ({100.0 * done / total:.1f}%)",
         f"grid:      {_grid(data)}",
         f"samples:   {data.attrs.get('num_samples')} per point",
@@ -29,7 +44,7 @@ def describe_surface(path: str) -> str:
     lines += _measurements(data)
     lines.append("config:")
     lines += [f"  {key} = {value!r}" for key, value in sorted(data.config.items())]
-    lines += _runs(data) + _timings(data)
+    lines += _runs(data, alive=owner is not None) + _timings(data)
     return "\n".join(lines)
 
 
@@ -58,14 +73,14 @@ def _stamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
 
 
-def _runs(data: SurfaceData) -> list[str]:
+def _runs(data: SurfaceData, alive: bool) -> list[str]:
     lines = [f"runs:      {len(data.runs)}"]
     for k, run in enumerate(data.runs):
         status = run["status"].decode()
-        if status == "running" and k < len(data.runs) - 1:
-            status = "killed"  # a later run started: this one never closed the file
+        if status == "running" and (k < len(data.runs) - 1 or not alive):
+            status = "killed"  # a later run started, or no run holds the file: this one never closed it
         lines.append(
-            f"  run {k}: {_stamp(run['start'])} -> {_stamp(run['end'])}  {status}, "
+            f"  run {int(run['index']) if 'index' in (run.dtype.names or ()) else k}: {_stamp(run['start'])} -> {_stamp(run['end'])}  {status}, "
             f"{run['ranks']} rank(s), {run['mode'].decode()} on {run['host'].decode()}"
         )
     return lines

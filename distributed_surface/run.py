@@ -9,6 +9,7 @@ of it (:mod:`.engine.job`).
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,21 @@ from .engine.stop import StopRequest
 from .errors import UserError
 from .problem import Problem, build_model, check_problem, load_checkpoint, load_data, resolve_device, resolve_loss
 from .runtime import keep_freed_host_memory
-from .storage import check_writable, create_surface, open_checked, read_directions, stored_measurements
+from .output import check_grid_fits, check_output
+from .lock import WriterLock
+from .lock import describe as describe_owner
+from .storage import (
+    check_space,
+    check_writable,
+    create_surface,
+    leftover_temporaries,
+    open_checked,
+    publish,
+    read_directions,
+    stored_measurements,
+    surface_bytes,
+)
+
 
 
 @dataclass
@@ -51,10 +66,23 @@ class SurfaceJob:
         self.overwrite = overwrite
 
     def prepare(self, local_rank: int = 0) -> Setup:
-        """Check everything, then create the file (or read the one to resume). A mistake raises
-        :class:`UserError` before any file is touched."""
+        """Take the file's lock, check everything, then create the file (or read the one to resume). A
+        mistake raises :class:`UserError` before any file is touched. A new file is in place at once;
+        one that replaces an existing file (``--overwrite``) is built beside it, and the engine puts it
+        in place once it holds a chunk."""
+        config = self.config
+        check_writable(config.out)
+        self._lock = take_lock(config.out)
+        try:
+            return self._prepare(local_rank)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, local_rank: int) -> Setup:
         config = self.config
         resuming = check_output(config, resume=self.resume, overwrite=self.overwrite)
+        check_grid_fits(config)
         device = resolve_device(config.device, local_rank)
         problem = load_problem(config)
         check_problem(problem, device, config.data_flags)
@@ -62,22 +90,36 @@ class SurfaceJob:
         if resuming:
             check_fingerprint(config.out, prints)
             with open_checked(config.out, "r") as f:
-                directions = read_directions(f)
+                directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in read_directions(f)]
                 done = f["done"][()]
                 stored = [m.name for m in stored_measurements(f)]
         else:
             base = base_tensors(problem.model, config.dir_type)
             directions = make_directions(base, config.grid.ndim, config.norm, config.ignore, config.seed)
         evaluator = make_evaluator(config, problem, device, directions)
+        path, replaces = config.out, None
         if resuming:
             measured = [m.name for m in evaluator.measurements]
             if measured != stored:
                 raise UserError(f"--resume: {config.out!r} holds {', '.join(stored)}; this run measures {', '.join(measured)}")
         else:
-            create_file(config, evaluator.measurements, directions, prints)
+            exists = Path(config.out).exists()
+            temporary = create_file(config, evaluator.measurements, directions, prints, replacing=exists)
+            if exists:
+                path, replaces = str(temporary), config.out
+            else:
+                publish(temporary, config.out)
             done = np.zeros(config.grid.shape, dtype=np.uint8)
         shared = {"prints": prints, "directions": [{k: v.numpy() for k, v in d.items()} for d in directions]}
-        return Setup(done=done, start=time.time(), shared=shared, local=Loaded(problem, device, directions, evaluator))
+        local = Loaded(problem, device, directions, evaluator)
+        return Setup(done=done, start=time.time(), path=path, replaces=replaces, shared=shared, local=local)
+
+    def close(self) -> None:
+        """Give back the file's lock (rank 0, once the file is closed)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
 
     def worker(self, setup: Setup, *, local_rank: int, root: bool) -> Worker:
         """This rank's evaluator: rank 0's from ``prepare``; elsewhere loaded here and checked to hold the
@@ -154,31 +196,6 @@ def _fingerprint_what(key: str) -> str:
     return f"the {split + ' ' if split else ''}data"
 
 
-def check_output(config: RunConfig, *, resume: bool, overwrite: bool) -> bool:
-    """Check that the output may be written; return True where an existing file is to be resumed.
-    Never changes a file."""
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite contradict each other: choose one")
-    path = Path(config.out)
-    check_writable(config.out)
-    if not path.exists():
-        return False
-    if not resume and not overwrite:
-        raise UserError(f"{config.out!r} exists: pass --resume to continue it or --overwrite to replace it")
-    if overwrite:
-        return False
-    with open_checked(config.out, "r") as f:
-        stored = RunConfig.from_json(f.attrs["config"])
-    differences = config.surface_differences(stored)
-    if differences:
-        name = differences[0]
-        raise UserError(
-            f"--resume: {config.out!r} was made with {name.replace('_', '-')}={getattr(stored, name)!r}, "
-            f"this run has {getattr(config, name)!r}"
-        )
-    return True
-
-
 def check_fingerprint(path: str, expected: dict[str, object]) -> None:
     """Refuse to resume a file computed for other weights or data."""
     with open_checked(path, "r") as f:
@@ -209,14 +226,20 @@ def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, di
         raise UserError(str(exc)) from None
 
 
-def create_file(config: RunConfig, measurements: list[Measurement], directions, prints: dict[str, object]) -> None:
-    """Write a new, empty surface file for this run (replacing any old one in one step)."""
-    create_surface(
+def create_file(
+    config: RunConfig, measurements: list[Measurement], directions, prints: dict[str, object], *, replacing: bool
+) -> Path:
+    """Write a new, empty surface file for this run beside ``config.out``; return where (see
+    :func:`~.storage.create_surface`). Refused where the disk cannot hold it."""
+    arrays = [{k: v.detach().cpu().numpy() for k, v in d.items()} for d in directions]
+    nbytes = surface_bytes(config.grid.size, measurements, sum(a.nbytes for d in arrays for a in d.values()))
+    check_space(config.out, nbytes, replacing=replacing)
+    return create_surface(
         config.out,
         config_json=config.to_json(),
         grid=config.grid,
         measurements=measurements,
-        directions=directions,
+        directions=arrays,
         direction_attrs={
             "dir_type": config.dir_type,
             "norm": config.norm,
@@ -224,8 +247,22 @@ def create_file(config: RunConfig, measurements: list[Measurement], directions, 
             "seed": config.seed,
             "kind": "random_normal",
         },
-        fingerprint=prints,
+        attrs={**prints, "torch_version": str(torch.__version__)},
     )
+
+
+def take_lock(path: str) -> WriterLock:
+    """The file's writer lock, and the leftovers of runs that died removed (they held it last)."""
+    lock = WriterLock(path).acquire()
+    if lock.previous:
+        print(f"dsurf: took over the lock of {path!r} from a run that is gone ({describe_owner(lock.previous)})", file=sys.stderr)
+    for leftover in leftover_temporaries(path):
+        try:
+            leftover.unlink()
+            print(f"dsurf: removed {str(leftover)!r}, left by a run that was killed", file=sys.stderr)
+        except OSError:
+            pass
+    return lock
 
 
 def describe_plan(evaluator: SurfaceEvaluator) -> str:

@@ -4,14 +4,25 @@ Layout (see DESIGN.md): root attributes ``format``, ``format_version``, ``config
 versions, ``num_samples``, ``measurements`` (JSON: the evaluator's declaration), timestamps;
 ``xcoordinates`` (and ``ycoordinates``); one dataset per declared measurement (``train_loss``, ...) of
 the grid's shape followed by its per-point shape, NaN until computed; ``done`` (uint8);
-``directions/x|y/<parameter name>``; ``timings`` (one record per computed chunk) and ``runs`` (one
-record per run of the file).
+``directions/x|y/<parameter name>``; ``timings`` (one record per grid point: the chunk that computed
+it) and ``runs`` (a ring of ``MAX_RUNS`` records, one per run of the file).
+
+Crash safety: the file's structure never changes after it is created. Every dataset is contiguous and
+written in full at creation (so its disk blocks exist: a full disk shows then, not mid-run), the
+timing and run records are reserved then, and the attributes that change (``status``, ``updated``)
+are fixed-size strings rewritten in place. A run only ever overwrites bytes that already exist, so a
+SIGKILL at any single write leaves a file that opens and resumes. A point's values and timing record
+are written before its done bit, so a point marked done always has both.
+
+h5py is imported here and in legacy.py only; torch is not imported at all (a reader such as ``dsurf
+info`` starts fast).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -20,7 +31,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 
 from . import __version__
 from .core import measurements as declared
@@ -29,10 +39,19 @@ from .core.measurements import Measurement
 from .errors import UserError
 
 FORMAT = "distributed_surface"
-FORMAT_VERSION = 1
+# 2: records reserved at creation (a timing slot per point, a ring of run slots), status rewritten in place
+FORMAT_VERSION = 2
 DIRECTION_AXES = ("x", "y")
-# How a run ends, and so the file's status after it (a file being written is "running").
+# How a run ends, and so the file's status after it. A file being written is "running" (also a file
+# whose run was killed without warning: no run holds its lock then).
 RUN_STATUSES = ("complete", "interrupted", "failed")
+STATUSES = ("running", *RUN_STATUSES)
+MAX_RUNS = 256  # run records kept; older ones are overwritten in turn
+_STATUS_DTYPE, _STAMP_DTYPE = np.dtype("S16"), np.dtype("S32")
+# Datasets are written in blocks of this many bytes at creation (memory stays bounded on huge grids).
+_BLOCK_BYTES = 16 * 2**20
+# Beyond the datasets' bytes: HDF5's metadata, the attributes and a margin.
+_OVERHEAD_BYTES = 2 * 2**20
 
 TIMING_DTYPE = np.dtype(
     [
@@ -40,14 +59,22 @@ TIMING_DTYPE = np.dtype(
         ("rank", "i4"),
         ("host", "S64"),
         ("device", "S32"),
-        ("first_index", "i8"),
-        ("points", "i4"),
+        ("first_index", "i8"),  # the chunk's first point: the chunk's name within its run
+        ("points", "i4"),  # the chunk's points; 0 in a slot not written yet
         ("start", "f8"),
         ("seconds", "f8"),
     ]
 )
 RUN_DTYPE = np.dtype(
-    [("start", "f8"), ("end", "f8"), ("status", "S16"), ("ranks", "i4"), ("mode", "S32"), ("host", "S64")]
+    [
+        ("index", "i4"),  # the run's number, from 0; -1 in a slot not used yet
+        ("start", "f8"),
+        ("end", "f8"),
+        ("status", "S16"),
+        ("ranks", "i4"),
+        ("mode", "S32"),
+        ("host", "S64"),
+    ]
 )
 
 
@@ -55,16 +82,87 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def _fixed(text: str, dtype: np.dtype) -> np.ndarray:
+    return np.array(text.encode()[: dtype.itemsize], dtype=dtype)
+
+
+# ---------------------------------------------------------------- before a file is written
+
+
 def check_writable(path: str) -> None:
-    """Fail early, with one line, where ``path`` cannot be written."""
+    """Fail early, with one line, where ``path`` cannot be written: a directory (or a path ending in
+    a separator), a missing directory, a read-only file system, no permission."""
+    text = os.fspath(path)
+    target = Path(text)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir() or text.endswith(("/", os.sep)):
+        raise UserError(f"--out {text!r} is a directory; name the surface file, e.g. {str(target / 'surface.h5')!r}")
+    if not parent.is_dir():
+        raise UserError(f"--out {text!r}: directory {str(parent)!r} does not exist")
+    if _read_only(parent):
+        raise UserError(f"--out {text!r}: {str(parent)!r} is on a read-only file system")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UserError(f"--out {text!r}: permission denied")
+
+
+def _read_only(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def surface_bytes(grid_size: int, measurements: Sequence[Measurement], direction_bytes: int = 0) -> int:
+    """The size of a new surface file: its datasets, the reserved records and HDF5's overhead."""
+    per_point = 1 + TIMING_DTYPE.itemsize  # done bit, timing slot
+    for m in measurements:
+        per_point += np.dtype(m.dtype).itemsize * int(np.prod(m.shape, dtype=np.int64))
+    return grid_size * per_point + direction_bytes + MAX_RUNS * RUN_DTYPE.itemsize + _OVERHEAD_BYTES
+
+
+def check_space(path: str, nbytes: int, *, replacing: bool = False) -> None:
+    """Refuse, with one line, a file of ``nbytes`` that the disk under ``path`` cannot hold (the old
+    file being replaced stays until the new one holds a chunk, so it counts against the space)."""
+    parent = Path(path).parent if str(Path(path).parent) else Path(".")
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        return
+    if nbytes > free:
+        extra = " (the file it replaces stays until the new one holds its first chunk)" if replacing else ""
+        raise UserError(f"--out {path!r}: the surface file needs {_size(nbytes)}, the disk has {_size(free)} free{extra}")
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if nbytes < 1000 or unit == "TB":
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.3g} TB"
+
+
+# ---------------------------------------------------------------- creating a file
+
+
+def temporary_path(path: str) -> Path:
+    """Where a new file is built before it is published under ``path``: hidden, next to it, named
+    after this process."""
+    target = Path(path)
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
+
+
+def leftover_temporaries(path: str) -> list[Path]:
+    """Temporary files of ``path`` that runs which died left behind. (Call with the lock held: only
+    the lock's holder makes them, so no live run owns these.)"""
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise UserError(f"--out {path!r} is a directory")
-    if not parent.is_dir():
-        raise UserError(f"--out {path!r}: directory {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UserError(f"--out {path!r}: permission denied")
+    mine = temporary_path(path).name
+    return sorted(p for p in parent.glob(f".{target.name}.*.tmp") if p.name != mine)
+
+
+def publish(temporary: Path, path: str) -> None:
+    """Rename a finished temporary file over ``path``, in one step."""
+    os.replace(temporary, path)
 
 
 def create_surface(
@@ -73,49 +171,63 @@ def create_surface(
     config_json: str,
     grid: Grid,
     measurements: Sequence[Measurement],
-    directions: Sequence[Mapping[str, torch.Tensor]],
+    directions: Sequence[Mapping[str, np.ndarray]],
     direction_attrs: Mapping[str, object],
-    fingerprint: Mapping[str, object],
-) -> None:
-    """Write a new surface file with nothing computed yet. It is built under a temporary name and then
-    renamed over ``path``, so an existing file at ``path`` is replaced whole or not at all."""
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    attrs: Mapping[str, object],
+) -> Path:
+    """Write a new surface file with nothing computed yet under :func:`temporary_path` and return that
+    path; :func:`publish` then puts it in place (an existing file at ``path`` is replaced whole or not
+    at all). ``attrs``: further root attributes (fingerprint, versions). Out of space, it raises
+    :class:`UserError` and leaves nothing behind."""
+    temporary = temporary_path(path)
     try:
         with h5py.File(temporary, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["config"] = config_json
-            f.attrs["status"] = "created"
+            # The run that creates the file is running on it. (Fixed size: rewritten in place.)
+            f.attrs.create("status", _fixed("running", _STATUS_DTYPE))
             f.attrs["created"] = now()
-            f.attrs["updated"] = now()
+            f.attrs.create("updated", _fixed(now(), _STAMP_DTYPE))
             f.attrs["distributed_surface_version"] = __version__
-            f.attrs["torch_version"] = str(torch.__version__)
             f.attrs["h5py_version"] = h5py.__version__
-            for key, value in fingerprint.items():
+            for key, value in attrs.items():
                 f.attrs[key] = value
+            f.attrs["measurements"] = declared.to_json(measurements)
             f.create_dataset("xcoordinates", data=grid.x.coordinates)
             if grid.y is not None:
                 f.create_dataset("ycoordinates", data=grid.y.coordinates)
-            f.attrs["measurements"] = declared.to_json(measurements)
             for m in measurements:
-                # Written in full now (not left to a fill value) so that storage is allocated before any
-                # rank of a parallel run writes into it.
-                f.create_dataset(m.name, data=np.full(grid.shape + tuple(m.shape), _unset(m.dtype), dtype=m.dtype))
-            f.create_dataset("done", data=np.zeros(grid.shape, dtype=np.uint8))
+                _filled(f, m.name, grid.shape + tuple(m.shape), np.dtype(m.dtype), _unset(m.dtype))
+            _filled(f, "done", grid.shape, np.dtype(np.uint8), 0)
             group = f.create_group("directions")
             for axis, direction in zip(DIRECTION_AXES, directions):
                 sub = group.create_group(axis)
                 for key, value in direction_attrs.items():
                     sub.attrs[key] = value
-                for name, tensor in direction.items():
-                    sub.create_dataset(name, data=tensor.detach().cpu().numpy())
-            _create_extendable(f, "timings", TIMING_DTYPE, chunk=256)
-            _create_extendable(f, "runs", RUN_DTYPE, chunk=16)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+                for name, array in direction.items():
+                    sub.create_dataset(name, data=np.asarray(array))
+            _filled(f, "timings", (grid.size,), TIMING_DTYPE, np.zeros((), TIMING_DTYPE))
+            empty_run = np.zeros((), RUN_DTYPE)
+            empty_run["index"] = -1
+            _filled(f, "runs", (MAX_RUNS,), RUN_DTYPE, empty_run)
+    except BaseException as exc:
+        _remove(temporary)
+        if isinstance(exc, OSError) and _out_of_space(exc):
+            raise UserError(f"--out {path!r}: out of disk space while creating the surface file ({exc})") from None
         raise
+    return temporary
+
+
+def _filled(f: h5py.File, name: str, shape: tuple[int, ...], dtype: np.dtype, fill) -> None:
+    """A contiguous dataset written in full with ``fill``: its storage is allocated and on disk before
+    any run (or any rank of a parallel run) writes into it."""
+    dataset = f.create_dataset(name, shape=shape, dtype=dtype)
+    flat_rows = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    rows = max(1, _BLOCK_BYTES // max(1, dtype.itemsize * flat_rows))
+    for start in range(0, shape[0], rows):
+        stop = min(start + rows, shape[0])
+        dataset[start:stop] = np.full((stop - start, *shape[1:]), fill, dtype=dtype)
 
 
 def _unset(dtype: str):
@@ -123,13 +235,18 @@ def _unset(dtype: str):
     return np.nan if np.dtype(dtype).kind in "fc" else -1
 
 
-def _create_extendable(f: h5py.File, name: str, dtype: np.dtype, chunk: int) -> None:
-    """An empty 1-D dataset that grows. Its chunks are allocated when it is resized (early allocation),
-    a collective step under mpio, so that one rank may later write a record into it on its own:
-    allocating a chunk on first write would change the file's metadata from one rank only."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(chunk,), dcpl=dcpl)
+def _out_of_space(exc: OSError) -> bool:
+    return exc.errno == 28 or "No space left" in str(exc) or "file write failed" in str(exc)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- opening a file
 
 
 def open_checked(path: str, mode: str = "r", **kwargs) -> h5py.File:
@@ -149,98 +266,145 @@ def open_checked(path: str, mode: str = "r", **kwargs) -> h5py.File:
     return f
 
 
-def read_directions(f: h5py.File) -> list[dict[str, torch.Tensor]]:
+def check_resumable(f: h5py.File, path: str) -> None:
+    """Refuse to resume a file of another format version (its records are laid out otherwise)."""
+    version = int(f.attrs.get("format_version", 0))
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"--resume: {path!r} is in format version {version} (this is {FORMAT_VERSION}); it can be read, "
+            "plotted and exported, but a run continues only files of this version: start anew with --overwrite"
+        )
+
+
+def read_directions(f: h5py.File) -> list[dict[str, np.ndarray]]:
     """The stored directions, in the file's parameter order."""
     result = []
     for axis in DIRECTION_AXES:
         if axis in f["directions"]:
             group = f["directions"][axis]
-            result.append({name: torch.from_numpy(group[name][()]) for name in group})
+            result.append({name: group[name][()] for name in group})
     return result
+
+
+# ---------------------------------------------------------------- a run
 
 
 @dataclass
 class RunRecorder:
-    """The surface file during one run: writes chunk results, timing records and the run's history row.
+    """The surface file during one run: writes chunk results, timing records and the run's record.
 
-    ``begin`` reserves ``pending`` timing slots (one per chunk to compute) so that writing a chunk never
-    changes the file's structure: under the ``mpio`` driver any rank may then write its own chunk
-    independently, while structural changes (resizes, attributes) stay in ``begin`` and ``end``, which
-    every rank calls. Unused slots keep ``points == 0`` and are ignored on reading.
+    Nothing here changes the file's structure. Under the ``mpio`` driver any rank writes its own chunks
+    independently (raw data into storage allocated at creation); ``begin`` and ``end`` are collective
+    (every rank calls them: they rewrite attributes), and only the root writes the run's record.
+
+    A file built under a temporary name to replace another (``--overwrite``) is published over it by
+    the root once it holds a chunk (:meth:`stored`); a run that ends before that removes it, so the
+    old file stays.
     """
 
     file: h5py.File
+    path: str
     is_root: bool = True
     flush_each_chunk: bool = True
-    run_index: int = -1
-    slot_base: int = 0
+    run_index: int = 0
+    publish_to: str | None = None
 
     @classmethod
     def begin(
-        cls, path: str, *, pending: int, ranks: int, mode: str, start: float, is_root: bool = True, **open_kwargs
+        cls,
+        path: str,
+        *,
+        ranks: int,
+        mode: str,
+        start: float,
+        is_root: bool = True,
+        publish_to: str | None = None,
+        **open_kwargs,
     ) -> "RunRecorder":
         """Open ``path`` for a run. Under ``driver="mpio"`` every rank calls this with the same
-        arguments; only the root writes the records (data), all make the structural changes."""
-        f = open_checked(path, "r+", **open_kwargs)
+        arguments. The run's record is written (root), then the file's status: a kill between the two
+        leaves the previous status and this run's record as "running", which ``dsurf info`` reads as
+        killed."""
+        try:
+            f = h5py.File(path, "r+", **open_kwargs)
+        except OSError as exc:
+            raise UserError(f"{path!r}: cannot open it to write ({exc})") from None
         parallel = open_kwargs.get("driver") == "mpio"
-        recorder = cls(f, is_root=is_root, flush_each_chunk=not parallel)
-        # Records are only ever appended, each written once by one rank: rewriting rows in place (to
-        # drop the unused slots of interrupted runs, say) would race with the other ranks under mpio.
-        timings = f["timings"]
-        recorder.slot_base = timings.shape[0]
-        timings.resize((recorder.slot_base + pending,))
-        runs = f["runs"]
-        recorder.run_index = runs.shape[0]
-        runs.resize((runs.shape[0] + 1,))
+        runs = f["runs"][()]
+        recorder = cls(f, path, is_root=is_root, flush_each_chunk=not parallel, publish_to=publish_to)
+        recorder.run_index = int(runs["index"].max()) + 1 if len(runs) else 0
+        if parallel:  # the root's own record must not be read by a rank that reads after it is written
+            recorder.run_index = open_kwargs["comm"].bcast(recorder.run_index, root=0)
         if is_root:
             row = np.zeros((), dtype=RUN_DTYPE)
-            row["start"], row["status"], row["ranks"] = start, b"running", ranks
-            row["mode"], row["host"] = mode.encode(), socket.gethostname().encode()[:64]
-            runs[recorder.run_index] = row
-        f.attrs["status"] = "running"
-        f.attrs["updated"] = now()
-        f.flush()  # from here on the file's structure is on disk: a killed run leaves it readable
+            row["index"], row["start"], row["status"], row["ranks"] = recorder.run_index, start, b"running", ranks
+            row["mode"], row["host"] = mode.encode()[:32], socket.gethostname().encode()[:64]
+            f["runs"][recorder.run_index % MAX_RUNS] = row
+            if not parallel:
+                f.flush()  # the record on disk before the status (under mpio it went straight to MPI-IO)
+        f.attrs.modify("status", _fixed("running", _STATUS_DTYPE))
+        f.attrs.modify("updated", _fixed(now(), _STAMP_DTYPE))
+        f.flush()
         return recorder
 
     def write_result(self, result) -> None:
-        """Store one chunk (a ``ChunkResult``): its values and its timing record, then its done bits,
-        so that a point marked done always has its values and its record, whenever the run is killed.
-        (Serially the two steps are flushed in turn; under mpio each write goes straight to MPI-IO.)"""
+        """Store one chunk (a ``ChunkResult``): its values and each point's timing record, then its
+        done bits, so that a point marked done always has its values and its record, whenever the run
+        is killed. (Serially the two steps are flushed in turn; under mpio each write goes straight to
+        MPI-IO.)"""
         indices = np.asarray(result.indices, dtype=np.int64)
         shape = self.file["done"].shape
-        for name, array in result.values.items():
-            dataset = self.file[name]
-            write_points(dataset, shape, indices, np.asarray(array, dtype=dataset.dtype))
-        record = np.zeros((), dtype=TIMING_DTYPE)
-        record["run"] = self.run_index
-        record["first_index"] = int(indices[0])
-        record["points"] = len(indices)
-        for key in ("rank", "start", "seconds"):
-            record[key] = result.timing[key]
-        record["host"] = str(result.timing["host"]).encode()[:64]
-        record["device"] = str(result.timing["device"]).encode()[:32]
-        self.file["timings"][self.slot_base + result.slot] = record
-        if self.flush_each_chunk:  # (a flush is collective under mpio)
-            self.file.flush()
-        write_points(self.file["done"], shape, indices, np.ones(len(indices), dtype=np.uint8))
-        if self.flush_each_chunk:
-            self.file.flush()
+        try:
+            for name, array in result.values.items():
+                dataset = self.file[name]
+                write_points(dataset, shape, indices, np.asarray(array, dtype=dataset.dtype))
+            record = np.zeros(len(indices), dtype=TIMING_DTYPE)
+            record["run"] = self.run_index
+            record["first_index"] = int(indices.min()) if len(indices) else 0
+            record["points"] = len(indices)
+            for key in ("rank", "start", "seconds"):
+                record[key] = result.timing[key]
+            record["host"] = str(result.timing["host"]).encode()[:64]
+            record["device"] = str(result.timing["device"]).encode()[:32]
+            write_points(self.file["timings"], (self.file["timings"].shape[0],), indices, record)
+            if self.flush_each_chunk:  # (a flush is collective under mpio)
+                self.file.flush()
+            write_points(self.file["done"], shape, indices, np.ones(len(indices), dtype=np.uint8))
+            if self.flush_each_chunk:
+                self.file.flush()
+        except OSError as exc:
+            raise UserError(
+                f"{self.path!r}: writing a chunk failed ({exc}); every chunk written before it is kept, "
+                "--resume continues"
+            ) from None
+
+    def stored(self) -> None:
+        """A chunk is in the file: where this file is to replace another, it does so now (root only)."""
+        if self.publish_to is not None and self.is_root:
+            if self.flush_each_chunk:
+                self.file.flush()
+            publish(Path(self.path), self.publish_to)
+            self.path, self.publish_to = self.publish_to, None
 
     def end(self, status: str, *, end_time: float | None = None) -> str:
         """Record the run's end and the file's ``status`` (``complete``; ``interrupted`` where points
         are left; ``failed`` where the run failed), close the file and return the status. Collective
-        under mpio, like ``begin``."""
+        under mpio, like ``begin``. The status is written before the run's record: a kill between the
+        two leaves the file's status right and the run's record "running" (read as killed)."""
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r}")
         f = self.file
+        f.attrs.modify("status", _fixed(status, _STATUS_DTYPE))
+        f.attrs.modify("updated", _fixed(now(), _STAMP_DTYPE))
+        f.flush()  # on disk before the record: HDF5 would otherwise write the record first
         if self.is_root:
             runs = f["runs"]
-            row = runs[self.run_index]
+            row = runs[self.run_index % MAX_RUNS]
             row["end"], row["status"] = end_time or time.time(), status.encode()
-            runs[self.run_index] = row
-        f.attrs["status"] = status
-        f.attrs["updated"] = now()
+            runs[self.run_index % MAX_RUNS] = row
         f.close()
+        if self.publish_to is not None and self.is_root:  # not one chunk: the old file stays
+            _remove(Path(self.path))
         return status
 
 
@@ -260,9 +424,14 @@ def write_points(dataset: h5py.Dataset, shape: tuple[int, ...], indices: np.ndar
             dataset[i, j : j + len(segment)] = values[segment]
 
 
+# ---------------------------------------------------------------- reading a file
+
+
 @dataclass
 class SurfaceData:
-    """Everything in a surface file, read into memory (for info, plots and exports)."""
+    """Everything in a surface file, read into memory (for info, plots and exports). ``timings``: one
+    record per chunk; ``point_runs``: the run that computed each point (-1: none yet; None in files
+    that kept no record per point)."""
 
     path: str
     attrs: dict
@@ -273,6 +442,7 @@ class SurfaceData:
     done: np.ndarray
     timings: np.ndarray
     runs: np.ndarray
+    point_runs: np.ndarray | None = None
 
     @property
     def status(self) -> str:
@@ -287,7 +457,7 @@ def read_surface(path: str) -> SurfaceData:
     """Read a surface file whole (directions excepted)."""
     with open_checked(path, "r") as f:
         attrs = {key: _plain(value) for key, value in f.attrs.items()}
-        timings = f["timings"][()]
+        timings, point_runs = _chunk_records(f["timings"][()], per_point=int(attrs.get("format_version", 1)) >= 2)
         return SurfaceData(
             path=path,
             attrs=attrs,
@@ -296,9 +466,29 @@ def read_surface(path: str) -> SurfaceData:
             y=f["ycoordinates"][()] if "ycoordinates" in f else None,
             metrics={m.name: f[m.name][()] for m in stored_measurements(f)},
             done=f["done"][()],
-            timings=timings[timings["points"] > 0] if timings.size else timings,
-            runs=f["runs"][()],
+            timings=timings,
+            runs=_run_records(f["runs"][()]),
+            point_runs=point_runs,
         )
+
+
+def _chunk_records(records: np.ndarray, per_point: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One timing record per chunk, in the order they ran; and each point's run (per-point files)."""
+    written = records[records["points"] > 0] if records.size else records
+    if not per_point:
+        return written, None
+    point_runs = np.where(records["points"] > 0, records["run"], -1)
+    _, first = np.unique(np.stack([written["run"], written["first_index"]], axis=1), axis=0, return_index=True)
+    chunks = written[np.sort(first)] if written.size else written
+    return chunks[np.argsort(chunks["start"], kind="stable")], point_runs
+
+
+def _run_records(rows: np.ndarray) -> np.ndarray:
+    """The runs' records in the order they ran (the ring's used slots, by run number)."""
+    if "index" not in (rows.dtype.names or ()):
+        return rows
+    used = rows[rows["index"] >= 0]
+    return used[np.argsort(used["index"], kind="stable")]
 
 
 def stored_measurements(f: h5py.File) -> list[Measurement]:
@@ -315,8 +505,8 @@ def stored_measurements(f: h5py.File) -> list[Measurement]:
 
 
 def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode()
+    if isinstance(value, bytes):  # fixed-size strings (np.bytes_) too
+        return value.decode(errors="replace")
     if isinstance(value, np.generic):
         return value.item()
     return value

@@ -11,7 +11,8 @@ venv=${DSURF_VENV:-.venv}
 torch_spec=${DSURF_TORCH:-torch==2.13.0}
 
 if [ "${DSURF_SKIP_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  pkgs="openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config"
+  # strace: the crash tests kill a run at each of its writes with it
+  pkgs="openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config strace"
   if ! dpkg -s $pkgs >/dev/null 2>&1; then
     echo "== installing Debian packages: $pkgs"
     apt-get update -qq

@@ -264,6 +264,19 @@ def reference_point(model, direction_list, inputs, targets, offset, dir_type="we
     return loss, acc
 
 
+def overwritten_chunks(path) -> int:
+    """How many chunks of a surface file lost some of their points' timing records to a later run: each
+    point keeps the record of the last chunk that computed it, so a chunk with fewer records than its
+    points had points computed again (by design only a chunk killed between its values and its done
+    bits is)."""
+    with h5py.File(path, "r", locking=False) as f:
+        slots = f["timings"][()]
+    slots = slots[slots["points"] > 0]
+    keys, counts = np.unique(np.stack([slots["run"], slots["first_index"]], axis=1), axis=0, return_counts=True)
+    sizes = {tuple(k): int(s) for k, s in zip(np.stack([slots["run"], slots["first_index"]], axis=1).tolist(), slots["points"])}
+    return sum(1 for key, count in zip(keys.tolist(), counts) if count != sizes[tuple(key)])
+
+
 def np_equal_nan(a, b):
     return np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
 

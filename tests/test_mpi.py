@@ -13,6 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
+from distributed_surface.storage import read_surface
+
 pytestmark = pytest.mark.mpi
 
 MPIRUN = shutil.which("mpirun")
@@ -83,18 +85,18 @@ def serial_surfaces(tmp_path_factory, env):
 
 
 def read(path):
-    with h5py.File(path, "r") as f:
-        timings = f["timings"][()]
-        return {
-            "loss": f["train_loss"][()],
-            "acc": f["train_acc"][()],
-            "test_loss": f["test_loss"][()] if "test_loss" in f else None,
-            "test_acc": f["test_acc"][()] if "test_acc" in f else None,
-            "done": f["done"][()],
-            "status": f.attrs["status"],
-            "timings": timings[timings["points"] > 0],
-            "runs": f["runs"][()],
-        }
+    data = read_surface(str(path))
+    return {
+        "loss": data.metrics["train_loss"],
+        "acc": data.metrics["train_acc"],
+        "test_loss": data.metrics.get("test_loss"),
+        "test_acc": data.metrics.get("test_acc"),
+        "done": data.done,
+        "status": data.status,
+        "timings": data.timings,  # one record a chunk
+        "point_runs": data.point_runs,  # the run that computed each point
+        "runs": data.runs,
+    }
 
 
 def assert_same_surface(got, expected):

@@ -13,6 +13,7 @@ from distributed_surface.cli import EXIT_INTERRUPTED
 from distributed_surface.core.evaluate import SurfaceEvaluator
 from distributed_surface.engine.stop import Interrupted, StopRequest
 from distributed_surface.storage import read_surface
+from helpers import overwritten_chunks
 
 GRID = ["--x", "-1:1:3", "--y", "-0.5:0.5:4", "--chunk-size", "2"]
 
@@ -62,6 +63,7 @@ def test_signal_stops_the_run_and_resume_completes(signum, chunks_kept, dsurf, r
     assert final.status == "complete"
     np.testing.assert_array_equal(final.metrics["train_loss"], reference.metrics["train_loss"])
     assert int(final.timings["points"].sum()) == final.done.size, "no done point computed again"
+    assert overwritten_chunks(final.path) == 0
 
 
 def test_abandoning_signal_interrupts_only_abandonable_sections():

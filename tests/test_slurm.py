@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from distributed_surface.cli import main
-from helpers import SLOW_ARGS, write_slow_model
+from helpers import SLOW_ARGS, overwritten_chunks, write_slow_model
 
 GOLDEN = Path(__file__).parent / "golden" / "sbatch_two_nodes.sbatch"
 GRID = ["--x=-1:1:10", "--y=-1:1:8", "--max-samples", "200", "--chunk-size", "2"]
@@ -80,9 +80,10 @@ def read(path):
         return {
             "loss": f["train_loss"][()],
             "done": f["done"][()],
-            "status": f.attrs["status"],
-            "points": int(timings["points"].sum()),
-            "runs": [r.decode() for r in f["runs"]["status"]],
+            "status": f.attrs["status"].decode(),
+            "points": int((timings["points"] > 0).sum()),  # one record a point
+            "overwritten": overwritten_chunks(path),
+            "runs": [r.decode() for r in f["runs"]["status"][np.argsort(f["runs"]["index"])] if r],
         }
 
 
@@ -146,7 +147,7 @@ def assert_finished_without_recomputing(path: Path, reference) -> None:
     assert got["status"] == "complete"
     np.testing.assert_allclose(got["loss"], reference["loss"], rtol=1e-7)
     assert got["done"].all()
-    assert got["points"] == got["done"].size, "a point was computed twice"
+    assert got["points"] == got["done"].size and got["overwritten"] == 0, "a point was computed twice"
     assert got["runs"][0] == "interrupted" and got["runs"][-1] == "complete"
 
 

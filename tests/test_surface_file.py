@@ -13,7 +13,7 @@ import distributed_surface
 from distributed_surface.core.directions import base_tensors, make_directions
 from distributed_surface.core.evaluate import SurfaceEvaluator
 from distributed_surface.core.losses import cross_entropy
-from distributed_surface.storage import read_directions, read_surface
+from distributed_surface.storage import MAX_RUNS, read_directions, read_surface
 from helpers import read_h5, reference_point
 
 
@@ -21,12 +21,13 @@ def check_common(content, grid_shape, tiny):
     attrs, data = content["attrs"], content["data"]
     assert attrs["format"] == "distributed_surface"
     assert int(attrs["format_version"]) >= 1
-    assert attrs["status"] == "complete"
+    assert attrs["status"] == b"complete"  # a fixed-size string (rewritten in place): h5py reads bytes
     assert int(attrs["num_samples"]) == 64
     assert attrs["distributed_surface_version"] == distributed_surface.__version__
     assert attrs["torch_version"] == str(torch.__version__)
     for stamp in ("created", "updated"):
-        assert str(attrs[stamp])[:2] == "20"
+        value = attrs[stamp]
+        assert (value.decode() if isinstance(value, bytes) else value)[:2] == "20"
     config = json.loads(attrs["config"])
     assert config["model"] == tiny.spec("model") and config["data"] == tiny.spec("data")
     assert config["norm"] == "filter" and config["ignore"] == "biasbn" and config["seed"] == 0
@@ -55,14 +56,18 @@ def check_common(content, grid_shape, tiny):
         assert int(dattrs["seed"]) == 0 and dattrs["dir_type"] == "weights"
     assert ("directions/y/0.weight" in data) == (len(grid_shape) == 2)
 
+    # one timing record reserved per point, each naming the chunk that computed it
     timings = data["timings"]
-    valid = timings[timings["points"] > 0]
-    assert int(valid["points"].sum()) == int(np.prod(grid_shape))
-    assert np.all(valid["seconds"] >= 0) and np.all(valid["rank"] == 0)
-    assert all(record["host"] and record["device"] == b"cpu" for record in valid)
-    # records are of distinct chunks covering the grid
-    assert len(set(valid["first_index"].tolist())) == len(valid)
-    assert len(data["runs"]) == 1 and data["runs"][0]["status"] == b"complete"
+    assert timings.shape == (int(np.prod(grid_shape)),) and np.all(timings["points"] > 0)
+    assert np.all(timings["seconds"] >= 0) and np.all(timings["rank"] == 0) and np.all(timings["run"] == 0)
+    assert all(record["host"] and record["device"] == b"cpu" for record in timings)
+    for first in set(timings["first_index"].tolist()):  # a chunk's points: from its first, as many as it says
+        members = np.flatnonzero(timings["first_index"] == first)
+        assert members[0] == first and len(members) == timings["points"][first]
+    # run records are reserved too: a ring of slots, one used
+    runs = data["runs"]
+    assert len(runs) == MAX_RUNS and list(runs["index"][:2]) == [0, -1]
+    assert runs[0]["status"] == b"complete" and runs[0]["end"] >= runs[0]["start"] > 0
 
 
 def test_2d_file_layout_nx_ne_ny(tiny, surface_2d):
@@ -72,8 +77,9 @@ def test_2d_file_layout_nx_ne_ny(tiny, surface_2d):
     np.testing.assert_array_equal(data["xcoordinates"], np.linspace(-1, 1, 3))
     np.testing.assert_array_equal(data["ycoordinates"], np.linspace(-0.5, 0.5, 4))
     # 12 points in chunks of 5: 3 records of 5, 5, 2 points
-    valid = data["timings"][data["timings"]["points"] > 0]
-    assert sorted(valid["points"].tolist()) == [2, 5, 5]
+    timings = data["timings"]
+    assert timings["points"].tolist() == [5] * 10 + [2] * 2
+    assert timings["first_index"].tolist() == [0] * 5 + [5] * 5 + [10] * 2
 
 
 def test_2d_values_are_at_their_coordinates(tiny, surface_2d):
@@ -89,7 +95,7 @@ def test_2d_values_are_at_their_coordinates(tiny, surface_2d):
     for mine, theirs in zip(directions, stored):
         assert set(mine) == set(theirs)
         for name in mine:
-            assert torch.equal(mine[name], theirs[name])
+            assert torch.equal(mine[name], torch.from_numpy(theirs[name]))
     ev = SurfaceEvaluator(tiny.model(), directions, (inputs, targets), cross_entropy, batch_size=1024)
     x, y = data["xcoordinates"], data["ycoordinates"]
     points = [(i, j) for i in range(3) for j in range(4)]

@@ -12,13 +12,13 @@ behind the constants are in benchmarks/README.md.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from .host import host_memory_available
 from .options import VMAP_MODES  # noqa: F401 - the modes this module implements
 
 # vmap pays where one point's forward pass has fewer FLOPs than this per module call: the work one
@@ -247,18 +247,3 @@ def module_flops(module: nn.Module, output: torch.Tensor) -> float:
     if isinstance(module, nn.Linear):
         return 2.0 * output.numel() * module.in_features
     return 0.0
-
-
-def host_memory_available() -> int:
-    """Bytes of host memory available (MemAvailable), or a guess of 8 GiB where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30

@@ -23,17 +23,20 @@ Evaluate = Callable[[np.ndarray], dict[str, np.ndarray]]
 @dataclass
 class Setup:
     """What rank 0's ``prepare`` leaves for the run: the file's done mask when the run starts, the
-    time it started, whatever the job's workers on other ranks need from rank 0 (``shared``: picklable,
+    time it started, the file to write (and the one it is to replace, where it is built beside it),
+    whatever the job's workers on other ranks need from rank 0 (``shared``: picklable,
     it is broadcast), and what rank 0's own worker may reuse (``local``: never sent; dropped where rank
     0 only coordinates, to free its memory)."""
 
     done: np.ndarray
     start: float
+    path: str  # the file the run writes
+    replaces: str | None = None  # the file it replaces once it holds a chunk (--overwrite), if any
     shared: object = None
     local: object = None
 
     def for_others(self) -> "Setup":
-        return Setup(self.done, self.start, self.shared)
+        return Setup(self.done, self.start, self.path, self.replaces, self.shared)
 
 
 @dataclass
@@ -52,11 +55,13 @@ class Job(Protocol):
     ``prepare()`` runs on rank 0 only: it checks everything, creates (or opens, to resume) the file at
     ``out`` and returns the :class:`Setup`; a user mistake raises ``UserError`` and changes no file.
     ``worker(setup, local_rank, root)`` runs on every rank that evaluates (rank 0 included, where it
-    works), after ``prepare``; on rank 0 it may reuse what ``prepare`` loaded."""
+    works), after ``prepare``; on rank 0 it may reuse what ``prepare`` loaded. ``close()`` runs on rank
+    0 once the file is closed, however the run ended (it gives back what ``prepare`` took: the lock)."""
 
-    out: str
     grid: Grid
 
     def prepare(self, local_rank: int = 0) -> Setup: ...
 
     def worker(self, setup: Setup, *, local_rank: int, root: bool) -> Worker: ...
+
+    def close(self) -> None: ...

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -73,19 +74,17 @@ def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: 
     comm = MPI.COMM_WORLD.Dup()
     rank, size = comm.Get_rank(), comm.Get_size()
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
-    local_rank, local_size = node.Get_rank(), node.Get_size()
     mode = io_mode()
     rank0_works = rank0 == "work"
     if rank0_works and MPI.Query_thread() < MPI.THREAD_MULTIPLE:
         _say(rank, "MPI lacks THREAD_MULTIPLE: rank 0 coordinates only")
         rank0_works = False
-    works = rank != 0 or rank0_works
 
     # 1. Rank 0 checks everything and prepares the file; the others wait for its verdict.
     setup, error = None, None
     if rank == 0:
         try:
-            setup = job.prepare(local_rank=local_rank)
+            setup = job.prepare(local_rank=node.Get_rank())
         except UserError as exc:
             error = str(exc)
     error, shared = comm.bcast((error, setup.for_others() if setup else None), root=0)
@@ -94,6 +93,20 @@ def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: 
         setup = shared
     elif not rank0_works:
         setup.local = None  # (frees rank 0's evaluator: it only coordinates)
+    try:
+        return _compute(job, setup, comm, node, mode=mode, rank0_works=rank0_works, chunk_size=chunk_size,
+                        progress=progress, stop=stop)  # fmt: skip
+    finally:
+        if rank == 0:
+            job.close()
+
+
+def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk_size, progress: bool, stop) -> str:
+    """Build the workers, open the file and compute: the part of a run after rank 0's set-up."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    local_rank, local_size = node.Get_rank(), node.Get_size()
+    works = rank != 0 or rank0_works
+    error = None
 
     # 2. Every working rank builds its worker (rank 0 from what it prepared).
     worker = None
@@ -103,7 +116,10 @@ def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: 
         except UserError as exc:
             error = str(exc) if rank == 0 else f"rank {rank} on {socket.gethostname()}: {exc}"
     errors = comm.allgather(error)
-    _raise_collectively(rank, next((e for e in errors if e), None))
+    error = next((e for e in errors if e), None)
+    if error and rank == 0 and setup.replaces is not None:
+        Path(setup.path).unlink(missing_ok=True)  # never written: the file it was to replace stays
+    _raise_collectively(rank, error)
 
     # 3. Open the file (every rank under mpio; rank 0 alone in gather mode) and compute.
     done = setup.done
@@ -112,12 +128,12 @@ def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: 
     recorder = None
     if mode == "mpio" or rank == 0:
         recorder = RunRecorder.begin(
-            job.out,
-            pending=len(chunks),
+            setup.path,
             ranks=size,
             mode=f"mpi-{mode}" + ("" if rank0_works else "-dedicated"),
             start=setup.start,
             is_root=rank == 0,
+            publish_to=setup.replaces,
             **({"driver": "mpio", "comm": comm} if mode == "mpio" else {}),
         )
     if worker is not None and worker.device == "cpu":
@@ -135,7 +151,7 @@ def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: 
 
         def coordinate():
             gather = recorder if mode == "gather" else None
-            outcome["finished"], outcome["failure"] = _coordinate(comm, chunks, workers, gather, bar, stop)
+            outcome["finished"], outcome["failure"] = _coordinate(comm, chunks, workers, recorder, gather, bar, stop)
 
         if rank0_works:
             thread = threading.Thread(target=_guarded, args=(coordinate,), name="dsurf-coordinator", daemon=True)
@@ -195,9 +211,10 @@ def _abort(exc: BaseException) -> None:
     MPI.COMM_WORLD.Abort(1)
 
 
-def _coordinate(comm: MPI.Comm, chunks, workers: int, gather_recorder, bar: Progress, stop: StopRequest):
+def _coordinate(comm: MPI.Comm, chunks, workers: int, recorder, gather_recorder, bar: Progress, stop: StopRequest):
     """Hand ``chunks`` out one at a time to whichever worker asks; return how many were finished and
-    the first failure reported (or None). Once any rank reports a stop request or a failure (or rank 0
+    the first failure reported (or None). Rank 0's ``recorder`` hears of every stored chunk; in gather
+    mode (``gather_recorder``) the coordinator writes them itself. Once any rank reports a stop request or a failure (or rank 0
     has a stop request), no more chunks are handed out: every worker is told to stop at its next
     request."""
     next_slot, finished, active = 0, 0, workers
@@ -217,6 +234,7 @@ def _coordinate(comm: MPI.Comm, chunks, workers: int, gather_recorder, bar: Prog
         if report is not None:
             if gather_recorder is not None:
                 gather_recorder.write_result(report)
+            recorder.stored()
             finished += 1
             bar.update(report.indices.size if isinstance(report, ChunkResult) else report)
         if next_slot < len(chunks) and not stopping:

@@ -42,22 +42,25 @@ def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True
     ``failed`` and is raised. ``chunk_size``: points per chunk (default: automatic)."""
     stop = stop or NoStop()
     setup = job.prepare(local_rank=0)
-    worker = job.worker(setup, local_rank=0, root=True)
-    chunks = pending_chunks(setup.done, chunk_size or default_chunk_size(job.grid.size))
-    recorder = RunRecorder.begin(job.out, pending=len(chunks), ranks=1, mode="serial", start=setup.start)
-    if progress and chunks and worker.plan:
-        print(f"dsurf: {worker.plan}", file=sys.stderr)
-    bar = Progress(total=int(setup.done.size), initial=int(np.count_nonzero(setup.done)), enabled=progress)
-    status = "interrupted"  # where a KeyboardInterrupt or a SystemExit ends it
     try:
-        complete = compute_chunks(worker.evaluate, job.grid, chunks, recorder, device=worker.device, progress=bar, stop=stop)
-        status = "complete" if complete else "interrupted"
-    except Exception:
-        status = "failed"
-        raise
+        worker = job.worker(setup, local_rank=0, root=True)
+        chunks = pending_chunks(setup.done, chunk_size or default_chunk_size(job.grid.size))
+        recorder = RunRecorder.begin(setup.path, ranks=1, mode="serial", start=setup.start, publish_to=setup.replaces)
+        if progress and chunks and worker.plan:
+            print(f"dsurf: {worker.plan}", file=sys.stderr)
+        bar = Progress(total=int(setup.done.size), initial=int(np.count_nonzero(setup.done)), enabled=progress)
+        status = "interrupted"  # where a KeyboardInterrupt or a SystemExit ends it
+        try:
+            complete = compute_chunks(worker.evaluate, job.grid, chunks, recorder, device=worker.device, progress=bar, stop=stop)
+            status = "complete" if complete else "interrupted"
+        except Exception:
+            status = "failed"
+            raise
+        finally:
+            bar.close()
+            recorder.end(status)
     finally:
-        bar.close()
-        recorder.end(status)
+        job.close()
     return status
 
 
@@ -84,6 +87,7 @@ def compute_chunks(
         except Interrupted:
             return False
         recorder.write_result(result)
+        recorder.stored()
         if progress is not None:
             progress.update(len(indices))
     return True

@@ -38,15 +38,22 @@ class StopRequest:
         self.abandon = False
         self._abandonable = False
         self._previous = {}
+        self._depth = 0
 
     def install(self) -> "StopRequest":
-        """Install the handlers (only possible from the main thread; elsewhere a no-op)."""
-        if threading.current_thread() is threading.main_thread():
+        """Install the handlers (only possible from the main thread; elsewhere a no-op). Installing
+        again (a run inside a command that installed them already) only counts: the handlers go when
+        the outermost ``uninstall`` comes."""
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for sig in GRACEFUL_SIGNALS + ABANDONING_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def uninstall(self) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth:
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
