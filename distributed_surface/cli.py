@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("surface", metavar="SURFACE.h5")
     export.add_argument("--format", dest="fmt", required=True, metavar="vtp|vts|csv", help="VTK PolyData, VTK StructuredGrid or CSV")
     export.add_argument("--out", metavar="PATH", help="file to write (default: next to SURFACE, named after it)")
+    export.add_argument("--force", action="store_true", help="replace an existing --out that an export did not write")
     export.add_argument("--kind", default="loss", metavar="NAME",
                         help="vtp/vts: the measurement that is the height z: loss (default), acc (the train split's), "
                         "or a name such as test_loss; every measurement is a point array, and csv holds all")  # fmt: skip
@@ -205,7 +206,7 @@ def command_plot(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     from .export import export_surface
 
-    print(export_surface(args.surface, args.fmt, out=args.out, kind=args.kind))
+    print(export_surface(args.surface, args.fmt, out=args.out, kind=args.kind, force=args.force))
     return 0
 
 

@@ -187,6 +187,10 @@ def load_toml(path: str) -> dict:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path!r} is not a text (UTF-8) file: TOML expected") from None
+    except OSError as exc:
+        raise UserError(f"config file {path!r} cannot be read: {exc.strerror or exc}") from None
     values = {key.replace("-", "_"): value for key, value in data.items()}
     known = {f.name for f in fields(RunConfig)}
     unknown = sorted(set(values) - known)

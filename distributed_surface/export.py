@@ -34,12 +34,13 @@ def default_out(path: str, fmt: str, metric: str) -> Path:
     return surface.with_name(name)
 
 
-def export_surface(path: str, fmt: str, *, out: str | None = None, kind: str = "loss") -> Path:
+def export_surface(path: str, fmt: str, *, out: str | None = None, kind: str = "loss", force: bool = False) -> Path:
     """Write the surface in ``path`` as ``fmt`` (vtp, vts or csv) to ``out`` and return where.
 
     ``kind`` picks the measurement used as height ``z`` in the VTK files: a measurement's name
-    (``test_loss``), or a quantity (``loss``, ``acc``) of the first split.
-    The file is written under a temporary name and renamed, so a failed export leaves nothing behind."""
+    (``test_loss``), or a quantity (``loss``, ``acc``) of the first split. An existing ``out`` is
+    replaced only where an export wrote it (or with ``force``). The file is written under a temporary
+    name and renamed, so a failed export leaves nothing behind."""
     fmt = str(fmt).lower().lstrip(".")
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -49,7 +50,7 @@ def export_surface(path: str, fmt: str, *, out: str | None = None, kind: str = "
     if metric not in _metrics(data):
         raise UserError(f"--kind {kind!r}: {path!r} has no {metric} to export (it holds {', '.join(_metrics(data))})")
     target = Path(out) if out else default_out(path, fmt, metric)
-    _check_target(target, Path(path))
+    _check_target(target, Path(path), fmt, force)
     if fmt == "csv":
         text = csv_text(data)
     elif fmt == "vtp":
@@ -61,19 +62,46 @@ def export_surface(path: str, fmt: str, *, out: str | None = None, kind: str = "
         temporary.write_text(text, encoding="ascii")
         os.replace(temporary, target)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
         raise UserError(f"--out {str(target)!r}: {exc.strerror or exc}") from None
     return target
 
 
-def _check_target(target: Path, source: Path) -> None:
-    if target.is_dir():
+def _check_target(target: Path, source: Path, fmt: str, force: bool) -> None:
+    if target.is_dir() or str(target).endswith(("/", os.sep)):
         raise UserError(f"--out {str(target)!r} is a directory")
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"--out {str(target)!r}: directory {str(parent)!r} does not exist")
+    if os.statvfs(parent).f_flag & os.ST_RDONLY:
+        raise UserError(f"--out {str(target)!r}: {str(parent)!r} is on a read-only file system")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"--out {str(target)!r}: permission denied")
     if target.exists() and target.resolve() == source.resolve():
         raise UserError(f"--out {str(target)!r} is the surface file itself")
+    if target.exists() and not force and not _an_export(target, fmt):
+        raise UserError(f"--out {str(target)!r} exists and an export did not write it: pass --force to replace it")
+
+
+# VTK files carry this comment; a CSV file is known by its header (x[, y], then measurement names).
+MARK = "written by distributed_surface"
+
+
+def _an_export(path: Path, fmt: str) -> bool:
+    """Whether ``path`` is a file an export wrote (so that exporting again may replace it)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096).decode("ascii", errors="replace")
+    except OSError:
+        return False
+    if fmt != "csv":
+        return MARK in head
+    columns = head.splitlines()[0].split(",") if head else []
+    names = columns[2:] if columns[:2] == ["x", "y"] else columns[1:]
+    return columns[:1] == ["x"] and bool(names) and all(is_measurement_name(n) for n in names)
 
 
 def _metrics(data: SurfaceData) -> list[str]:
@@ -167,6 +195,7 @@ def _plain(value) -> str:
 def _header(kind: str) -> str:
     return (
         '<?xml version="1.0"?>\n'
+        f"<!-- {MARK} -->\n"
         f'<VTKFile type="{kind}" version="1.0" byte_order="LittleEndian" header_type="UInt64">\n'
     )
 

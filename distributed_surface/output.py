@@ -57,11 +57,15 @@ def check_grid_fits(config: RunConfig) -> None:
     """Refuse a grid whose bookkeeping (done mask, chunks of point indices) does not fit in memory, or
     whose file (with one value a point, the least it can hold) does not fit on the disk, before anything
     is loaded. (The file's real size is checked again when it is created.)"""
-    check_space(config.out, surface_bytes(config.grid.size, [Measurement("loss")]), replacing=Path(config.out).exists())
-    needed = config.grid.size * GRID_BYTES_PER_POINT
+    points = config.grid.size
+    needed = points * GRID_BYTES_PER_POINT
     available = host_memory_available()
     if needed > available // 2:
         raise UserError(
-            f"the grid's {config.grid.size:,} points need about {needed / 2**30:.3g} GiB of memory to schedule, "
-            f"more than half of the {available / 2**30:.3g} GiB available: use a coarser grid, or several runs over parts of it"
+            f"the grid's {points:,} points need about {needed / 2**30:.3g} GiB of memory to schedule, more than half "
+            f"of the {available / 2**30:.3g} GiB available: use a coarser grid, or several runs over parts of it"
         )
+    try:
+        check_space(config.out, surface_bytes(points, [Measurement("loss")]), replacing=Path(config.out).exists())
+    except UserError as exc:
+        raise UserError(f"the grid's {points:,} points: {exc}") from None

@@ -232,7 +232,8 @@ def create_file(
     """Write a new, empty surface file for this run beside ``config.out``; return where (see
     :func:`~.storage.create_surface`). Refused where the disk cannot hold it."""
     arrays = [{k: v.detach().cpu().numpy() for k, v in d.items()} for d in directions]
-    nbytes = surface_bytes(config.grid.size, measurements, sum(a.nbytes for d in arrays for a in d.values()))
+    nbytes = surface_bytes(config.grid.size, measurements, sum(a.nbytes for d in arrays for a in d.values()),
+                           datasets=sum(len(d) for d in arrays))  # fmt: skip
     check_space(config.out, nbytes, replacing=replacing)
     return create_surface(
         config.out,

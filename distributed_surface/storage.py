@@ -50,8 +50,10 @@ MAX_RUNS = 256  # run records kept; older ones are overwritten in turn
 _STATUS_DTYPE, _STAMP_DTYPE = np.dtype("S16"), np.dtype("S32")
 # Datasets are written in blocks of this many bytes at creation (memory stays bounded on huge grids).
 _BLOCK_BYTES = 16 * 2**20
-# Beyond the datasets' bytes: HDF5's metadata, the attributes and a margin.
-_OVERHEAD_BYTES = 2 * 2**20
+# Beyond the datasets' bytes: HDF5's metadata and the attributes, with a margin (measured: ~40 kB for
+# the built-in example, ~1 kB for each dataset's header).
+_OVERHEAD_BYTES = 64 * 2**10
+_DATASET_OVERHEAD_BYTES = 2 * 2**10
 
 TIMING_DTYPE = np.dtype(
     [
@@ -112,12 +114,14 @@ def _read_only(directory: Path) -> bool:
         return False
 
 
-def surface_bytes(grid_size: int, measurements: Sequence[Measurement], direction_bytes: int = 0) -> int:
-    """The size of a new surface file: its datasets, the reserved records and HDF5's overhead."""
+def surface_bytes(grid_size: int, measurements: Sequence[Measurement], direction_bytes: int = 0, datasets: int = 0) -> int:
+    """The size of a new surface file: its datasets, the reserved records and HDF5's overhead
+    (``datasets``: how many direction tensors it stores)."""
     per_point = 1 + TIMING_DTYPE.itemsize  # done bit, timing slot
     for m in measurements:
         per_point += np.dtype(m.dtype).itemsize * int(np.prod(m.shape, dtype=np.int64))
-    return grid_size * per_point + direction_bytes + MAX_RUNS * RUN_DTYPE.itemsize + _OVERHEAD_BYTES
+    overhead = _OVERHEAD_BYTES + _DATASET_OVERHEAD_BYTES * (datasets + len(measurements) + 5)
+    return grid_size * per_point + direction_bytes + MAX_RUNS * RUN_DTYPE.itemsize + overhead
 
 
 def check_space(path: str, nbytes: int, *, replacing: bool = False) -> None:
