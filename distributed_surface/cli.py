@@ -158,6 +158,10 @@ def command_run(args: argparse.Namespace) -> int:
     status = run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, stop=STOP)
     if rank() != 0:  # rank 0 speaks for the job
         return EXIT_CODES[status]
+    if status == "unchanged":
+        print(f"{config.out}: stopped before its first chunk; the file it was to replace is unchanged "
+              "(run again with --overwrite)", file=sys.stderr)  # fmt: skip
+        return EXIT_CODES[status]
     if status != "complete":
         print(f"{config.out}: {status}; finished chunks are saved, continue with --resume", file=sys.stderr)
         return EXIT_CODES[status]
@@ -170,7 +174,7 @@ def command_run(args: argparse.Namespace) -> int:
 # A run stopped by a signal (SIGUSR1, SIGTERM, SIGINT) closes its file as "interrupted" and exits 3:
 # batch scripts requeue on it.
 EXIT_INTERRUPTED = 3
-EXIT_CODES = {"complete": 0, "interrupted": EXIT_INTERRUPTED}
+EXIT_CODES = {"complete": 0, "interrupted": EXIT_INTERRUPTED, "unchanged": EXIT_INTERRUPTED}
 
 
 def _plot_if_possible(path: str, out_dir: str | None) -> None:

@@ -43,7 +43,7 @@ def read_any_surface(path: str) -> SurfaceData:
     if not Path(path).is_file():
         raise UserError(f"{path!r}: no such file")
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", locking=False)  # a run may be writing it
     except OSError as exc:
         raise UserError(f"{path!r} is not a readable HDF5 file ({exc})") from None
     with f:

@@ -30,7 +30,8 @@ _RETRIES, _RETRY_SECONDS = 5, 0.05
 
 
 def lock_path(surface: str | os.PathLike) -> Path:
-    return Path(f"{os.fspath(surface)}.lock")
+    """``SURFACE.h5.lock`` beside the file itself (links resolved: two names of one file share a lock)."""
+    return Path(f"{os.path.realpath(os.fspath(surface))}.lock")
 
 
 def describe(owner: dict) -> str:
@@ -52,10 +53,6 @@ class WriterLock:
         self._fd: int | None = None
         self.previous: dict | None = None  # the dead run whose lock this one took over, if any
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> "WriterLock":
         """Take the lock, or raise :class:`UserError` naming the live run that holds it. Where a dead
         run left its lock file, ``previous`` describes that run afterwards."""
@@ -63,15 +60,17 @@ class WriterLock:
             return self
         for _ in range(_RETRIES):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd, created = _open_or_create(self.path)
+            except FileNotFoundError:
+                continue  # released between the two tries: try again
             except OSError as exc:
                 raise UserError(f"{self.surface!r}: cannot create its lock file {str(self.path)!r}: {exc.strerror}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                os.close(fd)
                 if exc.errno in _NO_LOCKING:
-                    return self._acquire_without_locking()
+                    return self._hold_without_locking(fd, created)
+                os.close(fd)
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise UserError(f"{self.surface!r}: cannot lock {str(self.path)!r}: {exc.strerror}") from None
                 time.sleep(_RETRY_SECONDS)  # held: by a live run, or by a reader's probe for an instant
@@ -94,22 +93,37 @@ class WriterLock:
             f"at a time; wait for it, or stop it (its lock: {str(self.path)!r})"
         )
 
-    def _acquire_without_locking(self) -> "WriterLock":
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            owner = read_owner(self.path)
-            if owner.get("host") == socket.gethostname() and not _alive(owner.get("pid")):
+    def _hold_without_locking(self, fd: int, created: bool) -> "WriterLock":
+        """No locks on this file system: the lock file's existence is the lock. The run that created it
+        holds it; a leftover one is taken over where its process is gone from this host (renamed aside
+        first: of two runs that find it, only one succeeds)."""
+        if created:
+            _write_owner(fd)
+            self._fd = fd
+            return self
+        owner = _read_owner(fd)
+        os.close(fd)
+        if owner.get("host") == socket.gethostname() and not _alive(owner.get("pid")):
+            aside = self.path.with_name(f"{self.path.name}.{os.getpid()}.stale")
+            try:
+                os.rename(self.path, aside)
+            except FileNotFoundError:
+                pass  # another run took it over first: it holds the lock now, or released it
+            else:
+                aside.unlink(missing_ok=True)
                 self.previous = owner
-                self.path.unlink(missing_ok=True)
-                return self._acquire_without_locking()
-            raise UserError(
-                f"{self.surface!r} is being written by another run ({describe(owner)}), or was: this file system has "
-                f"no locks to tell; remove {str(self.path)!r} where that run is gone"
-            ) from None
-        _write_owner(fd)
-        self._fd = fd
-        return self
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = read_owner(self.path)
+            else:
+                _write_owner(fd)
+                self._fd = fd
+                return self
+        raise UserError(
+            f"{self.surface!r} is being written by another run ({describe(owner)}), or was: this file system has "
+            f"no locks to tell; remove {str(self.path)!r} where that run is gone"
+        )
 
     def release(self) -> None:
         """Remove the lock file and give back the lock (unlinked first, so that a run waiting on this
@@ -150,6 +164,14 @@ def holder(surface: str | os.PathLike) -> dict | None:
         return None
     finally:
         os.close(fd)
+
+
+def _open_or_create(path: Path) -> tuple[int, bool]:
+    """The lock file open for writing, and whether this call created it."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        return os.open(path, os.O_RDWR), False
 
 
 def read_owner(path: Path) -> dict:

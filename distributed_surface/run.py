@@ -112,7 +112,8 @@ class SurfaceJob:
             done = np.zeros(config.grid.shape, dtype=np.uint8)
         shared = {"prints": prints, "directions": [{k: v.numpy() for k, v in d.items()} for d in directions]}
         local = Loaded(problem, device, directions, evaluator)
-        return Setup(done=done, start=time.time(), path=path, replaces=replaces, shared=shared, local=local)
+        return Setup(done=done, start=time.time(), path=path, replaces=replaces, created=not resuming, shared=shared,
+                     local=local)  # fmt: skip
 
     def close(self) -> None:
         """Give back the file's lock (rank 0, once the file is closed)."""
@@ -275,12 +276,19 @@ def describe_plan(evaluator: SurfaceEvaluator) -> str:
 
 
 def _naming_failures(evaluator: SurfaceEvaluator):
-    """The evaluator's ``evaluate``, a batch it fails on reported as a :class:`UserError`."""
+    """The evaluator's ``evaluate``, a batch it fails on, or running out of device memory, reported as a
+    :class:`UserError`."""
 
     def evaluate(offsets):
         try:
             return evaluator.evaluate(offsets)
         except BatchError as exc:
             raise UserError(str(exc)) from exc
+        except torch.OutOfMemoryError:
+            plan = evaluator.plan
+            raise UserError(
+                f"out of memory on {evaluator.device} with batches of {plan.batch_size} samples and "
+                f"{plan.points_per_pass} point(s) per pass: pass a smaller --batch-size (or --points-per-pass)"
+            ) from None
 
     return evaluate

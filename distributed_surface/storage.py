@@ -46,6 +46,9 @@ DIRECTION_AXES = ("x", "y")
 # whose run was killed without warning: no run holds its lock then).
 RUN_STATUSES = ("complete", "interrupted", "failed")
 STATUSES = ("running", *RUN_STATUSES)
+# What a run that was to replace a file (--overwrite) and stopped before its first chunk leaves: the
+# old file, as it was. Not a status of any file.
+UNCHANGED = "unchanged"
 MAX_RUNS = 256  # run records kept; older ones are overwritten in turn
 _STATUS_DTYPE, _STAMP_DTYPE = np.dtype("S16"), np.dtype("S32")
 # Datasets are written in blocks of this many bytes at creation (memory stays bounded on huge grids).
@@ -161,7 +164,12 @@ def leftover_temporaries(path: str) -> list[Path]:
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
     mine = temporary_path(path).name
-    return sorted(p for p in parent.glob(f".{target.name}.*.tmp") if p.name != mine)
+    prefix = f".{target.name}."
+    return sorted(
+        parent / name
+        for name in os.listdir(parent)
+        if name.startswith(prefix) and name.endswith(".tmp") and name[len(prefix) : -4].isdigit() and name != mine
+    )
 
 
 def publish(temporary: Path, path: str) -> None:
@@ -330,7 +338,9 @@ class RunRecorder:
         leaves the previous status and this run's record as "running", which ``dsurf info`` reads as
         killed."""
         try:
-            f = h5py.File(path, "r+", **open_kwargs)
+            # HDF5's own file lock is left out: the run holds the surface's lock (lock.py), and a reader
+            # that opened the file with h5py's defaults must not stop a run from starting.
+            f = h5py.File(path, "r+", locking=False, **open_kwargs)
         except OSError as exc:
             raise UserError(f"{path!r}: cannot open it to write ({exc})") from None
         parallel = open_kwargs.get("driver") == "mpio"
@@ -392,9 +402,11 @@ class RunRecorder:
 
     def end(self, status: str, *, end_time: float | None = None) -> str:
         """Record the run's end and the file's ``status`` (``complete``; ``interrupted`` where points
-        are left; ``failed`` where the run failed), close the file and return the status. Collective
-        under mpio, like ``begin``. The status is written before the run's record: a kill between the
-        two leaves the file's status right and the run's record "running" (read as killed)."""
+        are left; ``failed`` where the run failed), close the file and return the status, or
+        ``unchanged`` where this file was to replace another and never held a chunk (it is removed; the
+        other stays as it was). Collective under mpio, like ``begin``. The status is written before the
+        run's record: a kill between the two leaves the file's status right and the run's record
+        "running" (read as killed)."""
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r}")
         f = self.file
@@ -407,8 +419,10 @@ class RunRecorder:
             row["end"], row["status"] = end_time or time.time(), status.encode()
             runs[self.run_index % MAX_RUNS] = row
         f.close()
-        if self.publish_to is not None and self.is_root:  # not one chunk: the old file stays
-            _remove(Path(self.path))
+        if self.publish_to is not None:  # not one chunk: the old file stays
+            if self.is_root:
+                _remove(Path(self.path))
+            return UNCHANGED
         return status
 
 
@@ -461,7 +475,10 @@ def read_surface(path: str) -> SurfaceData:
     """Read a surface file whole (directions excepted)."""
     with open_checked(path, "r") as f:
         attrs = {key: _plain(value) for key, value in f.attrs.items()}
+        done = f["done"][()]
         timings, point_runs = _chunk_records(f["timings"][()], per_point=int(attrs.get("format_version", 1)) >= 2)
+        if point_runs is not None:  # a point killed between its record and its done bit counts as not computed
+            point_runs = np.where(done.reshape(-1) != 0, point_runs, -1)
         return SurfaceData(
             path=path,
             attrs=attrs,
@@ -469,7 +486,7 @@ def read_surface(path: str) -> SurfaceData:
             x=f["xcoordinates"][()],
             y=f["ycoordinates"][()] if "ycoordinates" in f else None,
             metrics={m.name: f[m.name][()] for m in stored_measurements(f)},
-            done=f["done"][()],
+            done=done,
             timings=timings,
             runs=_run_records(f["runs"][()]),
             point_runs=point_runs,

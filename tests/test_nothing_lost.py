@@ -19,7 +19,10 @@ import h5py
 import numpy as np
 import pytest
 
+import torch
+
 from distributed_surface import cli
+from distributed_surface.errors import UserError
 from distributed_surface.storage import STATUSES, read_surface
 from helpers import SLOW_ARGS, assert_one_line_error, file_bytes, write_slow_model
 
@@ -27,8 +30,9 @@ MPIRUN = shutil.which("mpirun")
 GRID = ["--x", "-1:1:4", "--y", "-1:1:4", "--chunk-size", "2"]
 QUIET = ["--no-plot", "--no-progress"]
 
-# A tiny problem whose model fails on batches of more than 2 samples where FAIL_BIG_BATCHES is set,
-# or hangs at its first forward pass until a file appears (to hold a run mid-way), where HOLD_AT is.
+# A tiny problem whose model fails on batches of more than 2 samples where FAIL_BIG_BATCHES is set; one
+# that, after its first two passes over the whole data, waits while a file "hold" exists (a run held
+# mid-way, for as long as a test needs); and one whose factory takes LOAD_SECONDS.
 FAULTY = '''
 import os
 import time
@@ -53,6 +57,24 @@ class Faulty(nn.Module):
 
 def model():
     return Faulty()
+
+
+class Held(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = tiny_model()
+        self.passes = 0
+
+    def forward(self, x):
+        if len(x) == len(data()[0]):  # a pass over the whole data, not a probe
+            self.passes += 1
+            while self.passes > 2 and Path("hold").exists():
+                time.sleep(0.01)
+        return self.inner(x)
+
+
+def held_model():
+    return Held()
 
 
 def bad_label_data():
@@ -138,9 +160,10 @@ def tmpfs(directory: Path, options: str):
 # ---------------------------------------------------------------- one writer per file
 
 
-def test_a_second_run_is_refused_naming_the_first_and_a_dead_runs_lock_is_taken_over(tmp_path, dsurf):
-    write_slow_model(tmp_path, 0.2)
-    args = ["run", *SLOW_ARGS, "--x=-1:1:6", "--max-samples", "200", "--chunk-size", "1", *QUIET, "--out", "s.h5"]
+def test_a_second_run_is_refused_naming_the_first_and_a_dead_runs_lock_is_taken_over(faulty, dsurf):
+    tmp_path = faulty
+    args = ["run", "--model", "faulty.py:held_model", "--data", "tiny.py:data", *GRID, *QUIET, "--out", "s.h5"]
+    (tmp_path / "hold").write_text("the first run waits while this file exists")
     first = dsurf_process(args, tmp_path)
     try:
         wait_until(lambda: done_points(tmp_path / "s.h5") >= 1, "a point is done", first)
@@ -152,10 +175,13 @@ def test_a_second_run_is_refused_naming_the_first_and_a_dead_runs_lock_is_taken_
         # readers are not locked out, and say who writes
         rc, out, err = dsurf("info", str(tmp_path / "s.h5"))
         assert rc == 0 and f"running (pid {first.pid} on" in out
+        rc, out, err = dsurf("plot", str(tmp_path / "s.h5"), "--out-dir", str(tmp_path / "pictures"))
+        assert rc == 0, err
     finally:
         first.kill()  # SIGKILL: its lock file stays behind
         first.communicate(timeout=60)
     assert (tmp_path / "s.h5.lock").exists()
+    (tmp_path / "hold").unlink()
     rc, out, err = dsurf("info", "--status", str(tmp_path / "s.h5"))
     assert out.strip() == "interrupted"  # "running" in the file, but no run holds it: it was killed
     resumed = subprocess.run([sys.executable, "-m", "distributed_surface", *args, "--resume"], cwd=tmp_path, env=env(),
@@ -195,6 +221,69 @@ def test_a_serial_resume_is_refused_while_an_mpi_job_writes(tmp_path):
 
 
 # ---------------------------------------------------------------- a failed run never destroys a surface
+
+
+def test_a_reader_with_hdf5s_own_lock_does_not_stop_a_run(tmp_path, dsurf, run_args):
+    assert dsurf(*run_args, *GRID, "--out", "s.h5")[0] == 0
+    # another process reads the file with h5py's defaults (HDF5's own file lock, shared) ...
+    code = "import h5py, sys; f = h5py.File(sys.argv[1], 'r'); print('open', flush=True); sys.stdin.read()"
+    reader = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s.h5")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        rc, out, err = dsurf(*run_args, *GRID, "--out", "s.h5", "--resume")  # ... and a run opens it to write
+        assert rc == 0, err
+    finally:
+        reader.communicate("", timeout=60)
+
+
+def test_overwrite_stopped_before_its_first_chunk_leaves_the_old_file(faulty, dsurf, run_args):
+    assert dsurf(*run_args, *GRID, "--out", "s.h5")[0] == 0
+    before = file_bytes(faulty / "s.h5")
+    run = dsurf_process(["run", "--model", "faulty.py:slow_factory_model", "--data", "tiny.py:data", *GRID, *QUIET,
+                         "--out", "s.h5", "--overwrite"], faulty, LOAD_SECONDS="3")  # fmt: skip
+    wait_until(lambda: (faulty / "loading").exists(), "the model loads", run)
+    run.send_signal(signal.SIGUSR1)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 3 and "unchanged" in err, err
+    assert file_bytes(faulty / "s.h5") == before
+    assert not list(faulty.glob(".s.h5.*.tmp")) and not (faulty / "s.h5.lock").exists()
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun is not installed")
+def test_a_rank_that_cannot_load_the_data_leaves_no_file(faulty):
+    (faulty / "rank_data.py").write_text(textwrap.dedent('''
+        import os
+        from tiny import data as tiny_data
+
+        def data():
+            if os.environ.get("OMPI_COMM_WORLD_RANK") == "1":
+                raise FileNotFoundError("no such data set on this node")
+            return tiny_data()
+    '''))
+    job = dsurf_process(["run", "--model", "faulty.py:model", "--data", "rank_data.py:data", *GRID, *QUIET, "--out",
+                         "s.h5"], faulty, ranks=2)  # fmt: skip
+    _, err = job.communicate(timeout=120)
+    assert job.returncode != 0 and "rank 1" in err and "no such data set on this node" in err, err
+    assert err.count("dsurf: error:") == 1 and "Traceback" not in err
+    assert not (faulty / "s.h5").exists() and not list(faulty.glob(".s.h5*"))
+
+
+def test_running_out_of_device_memory_is_one_line():
+    from distributed_surface.run import _naming_failures
+
+    class Plan:
+        batch_size, points_per_pass = 4096, 8
+
+    class Evaluator:
+        plan, device = Plan(), "cuda:0"
+
+        def evaluate(self, offsets):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with pytest.raises(UserError, match="out of memory on cuda:0 with batches of 4096 samples.*--batch-size"):
+        _naming_failures(Evaluator())(np.zeros((1, 2)))
 
 
 def test_overwrite_with_bad_labels_is_refused_before_the_file_is_touched(faulty, dsurf, run_args):

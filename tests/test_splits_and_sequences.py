@@ -226,6 +226,15 @@ def test_test_split_uses_the_same_weights_as_train(tiny):
                 assert got[f"{split}_acc"][k] == pytest.approx(acc, abs=1e-9)
 
 
+def test_uint8_labels_count_like_int64_ones():
+    """-100 (ignore_index) must not wrap around in a uint8 tensor: 156 is a class there, not ignored."""
+    labels = torch.tensor([[156, 3], [200, 156]], dtype=torch.uint8)
+    assert cross_entropy.label_count(labels) == cross_entropy.label_count(labels.long()) == 4
+    logits = torch.zeros(1, 2, 2, 201)
+    loss, hits = cross_entropy.sums(logits, labels, True)
+    assert loss.item() == pytest.approx(4 * np.log(201)) and hits.item() == 0
+
+
 @pytest.mark.parametrize("vmap", ["off", "on"])
 def test_token_cross_entropy_is_the_mean_over_counted_tokens(seq, vmap):
     tokens, labels = seq.token_data()

@@ -96,6 +96,7 @@ def _hits(logits_last: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def check_labels(labels: torch.Tensor, num_classes: int, *, ignore: bool, what: str = "class label") -> None:
     """Raise ValueError where a label is outside ``0 .. num_classes - 1`` (``-100`` allowed where
     ``ignore``), naming the first such sample."""
+    labels = labels.long()  # (in a uint8 tensor -100 would wrap around to 156)
     flat = labels.reshape(len(labels), -1) if labels.dim() else labels.reshape(1, 1)
     bad = (flat < 0) | (flat >= num_classes)
     if ignore:
@@ -128,7 +129,7 @@ class Loss:
 
     def label_count(self, targets: torch.Tensor) -> int:
         """How many class labels accuracy is counted over."""
-        return int((targets != IGNORE_INDEX).sum())
+        return int((targets.long() != IGNORE_INDEX).sum())
 
     def sums(self, outputs: torch.Tensor, targets: torch.Tensor, accuracy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-point loss sums (K,) float64 and hits (K,) int64 (None without ``accuracy``) of outputs
@@ -204,7 +205,7 @@ class CausalLM(Loss):
         return self.label_count(targets)
 
     def label_count(self, targets):
-        return int((targets[:, 1:] != IGNORE_INDEX).sum())
+        return int((targets[:, 1:].long() != IGNORE_INDEX).sum())
 
     def sums(self, outputs, targets, accuracy):
         # Position t predicts token t + 1: drop the last logits and the first labels.
@@ -262,9 +263,6 @@ class UserLoss(Loss):
         layout = class_layout(outputs, targets)
         if layout is not None:
             check_labels(all_targets, outputs.shape[-1 if layout == "last" else 1], ignore=True)
-
-    def label_count(self, targets):
-        return int((targets != IGNORE_INDEX).sum())
 
     def sums(self, outputs, targets, accuracy):
         totals = []

@@ -27,14 +27,6 @@ class Measurement:
     dtype: str = "f8"
     shape: tuple[int, ...] = ()
 
-    @property
-    def split(self) -> str:
-        return split_of(self.name)
-
-    @property
-    def quantity(self) -> str:
-        return quantity_of(self.name)
-
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 

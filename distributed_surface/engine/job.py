@@ -32,11 +32,12 @@ class Setup:
     start: float
     path: str  # the file the run writes
     replaces: str | None = None  # the file it replaces once it holds a chunk (--overwrite), if any
+    created: bool = False  # whether this run made the file (it may then remove it, where it fails at once)
     shared: object = None
     local: object = None
 
     def for_others(self) -> "Setup":
-        return Setup(self.done, self.start, self.path, self.replaces, self.shared)
+        return Setup(self.done, self.start, self.path, self.replaces, self.created, self.shared)
 
 
 @dataclass
@@ -52,8 +53,9 @@ class Worker:
 class Job(Protocol):
     """A surface computation, as the engines see it.
 
-    ``prepare()`` runs on rank 0 only: it checks everything, creates (or opens, to resume) the file at
-    ``out`` and returns the :class:`Setup`; a user mistake raises ``UserError`` and changes no file.
+    ``prepare()`` runs on rank 0 only: it checks everything, creates the file (or opens the one to
+    resume; a file to replace another is built beside it) and returns the :class:`Setup`; a user
+    mistake raises ``UserError`` and changes no file.
     ``worker(setup, local_rank, root)`` runs on every rank that evaluates (rank 0 included, where it
     works), after ``prepare``; on rank 0 it may reuse what ``prepare`` loaded. ``close()`` runs on rank
     0 once the file is closed, however the run ended (it gives back what ``prepare`` took: the lock)."""

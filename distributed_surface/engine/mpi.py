@@ -41,7 +41,7 @@ from .serial import ChunkResult, evaluate_chunk
 from .stop import Interrupted, StopRequest
 
 TAG_REQUEST = 11  # worker -> coordinator: the chunk just finished (or None), and a request for the next
-TAG_ASSIGN = 12  # coordinator -> worker: (slot, indices) of the next chunk, or None: stop
+TAG_ASSIGN = 12  # coordinator -> worker: the point indices of the next chunk, or None: stop
 # The coordinator polls rather than blocks (a blocking receive spins a core in Open MPI), so it leaves the
 # CPU to the workers: after each message it looks again at once, then sleeps from 1 ms doubling to 8 ms
 # while no worker asks (benchmarks/results/scaling_cpu.md).
@@ -117,25 +117,32 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
             error = str(exc) if rank == 0 else f"rank {rank} on {socket.gethostname()}: {exc}"
     errors = comm.allgather(error)
     error = next((e for e in errors if e), None)
-    if error and rank == 0 and setup.replaces is not None:
-        Path(setup.path).unlink(missing_ok=True)  # never written: the file it was to replace stays
+    if error and rank == 0 and (setup.replaces is not None or setup.created):
+        Path(setup.path).unlink(missing_ok=True)  # made by this run, never written (the file it replaces stays)
     _raise_collectively(rank, error)
 
     # 3. Open the file (every rank under mpio; rank 0 alone in gather mode) and compute.
     done = setup.done
     workers = size if rank0_works else size - 1
-    chunks = pending_chunks(done, chunk_size) if chunk_size else guided_chunks(done, workers)
+    chunks = []  # (rank 0 hands them out)
+    if rank == 0:
+        chunks = pending_chunks(done, chunk_size) if chunk_size else guided_chunks(done, workers)
     recorder = None
     if mode == "mpio" or rank == 0:
-        recorder = RunRecorder.begin(
-            setup.path,
-            ranks=size,
-            mode=f"mpi-{mode}" + ("" if rank0_works else "-dedicated"),
-            start=setup.start,
-            is_root=rank == 0,
-            publish_to=setup.replaces,
-            **({"driver": "mpio", "comm": comm} if mode == "mpio" else {}),
-        )
+        try:
+            recorder = RunRecorder.begin(
+                setup.path,
+                ranks=size,
+                mode=f"mpi-{mode}" + ("" if rank0_works else "-dedicated"),
+                start=setup.start,
+                is_root=rank == 0,
+                publish_to=setup.replaces,
+                **({"driver": "mpio", "comm": comm} if mode == "mpio" else {}),
+            )
+        except UserError as exc:  # (every rank must hear of it: the others would wait for chunks)
+            error = str(exc)
+    errors = comm.allgather(error)
+    _raise_collectively(rank, next((e for e in errors if e), None))
     if worker is not None and worker.device == "cpu":
         # Ranks sharing a node's cores: give each its share rather than every rank all the cores.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
@@ -169,7 +176,7 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
         status = "complete" if outcome["finished"] == len(chunks) else "interrupted"
     status, failure, end_time = comm.bcast((status, outcome["failure"], time.time()), root=0)
     if recorder is not None:
-        recorder.end(status, end_time=end_time)
+        status = recorder.end(status, end_time=end_time)
     if failure:
         if rank == 0:
             raise UserError(failure)
@@ -217,7 +224,7 @@ def _coordinate(comm: MPI.Comm, chunks, workers: int, recorder, gather_recorder,
     mode (``gather_recorder``) the coordinator writes them itself. Once any rank reports a stop request or a failure (or rank 0
     has a stop request), no more chunks are handed out: every worker is told to stop at its next
     request."""
-    next_slot, finished, active = 0, 0, workers
+    next_chunk, finished, active = 0, 0, workers
     stopping, failure = False, None
     status = MPI.Status()
     pause = POLL_MIN_SECONDS
@@ -237,9 +244,9 @@ def _coordinate(comm: MPI.Comm, chunks, workers: int, recorder, gather_recorder,
             recorder.stored()
             finished += 1
             bar.update(report.indices.size if isinstance(report, ChunkResult) else report)
-        if next_slot < len(chunks) and not stopping:
-            comm.send((next_slot, chunks[next_slot]), dest=source, tag=TAG_ASSIGN)
-            next_slot += 1
+        if next_chunk < len(chunks) and not stopping:
+            comm.send(chunks[next_chunk], dest=source, tag=TAG_ASSIGN)
+            next_chunk += 1
         else:
             comm.send(None, dest=source, tag=TAG_ASSIGN)
             active -= 1
@@ -257,11 +264,11 @@ def _work(comm: MPI.Comm, worker, job: Job, recorder, stop: StopRequest) -> None
         assignment = comm.recv(source=0, tag=TAG_ASSIGN)
         if assignment is None:
             return
-        slot, indices = assignment
+        indices = assignment
         report = None
         try:
             with stop.abandonable():
-                result = evaluate_chunk(worker.evaluate, grid, slot, indices, rank=rank, device=worker.device)
+                result = evaluate_chunk(worker.evaluate, grid, indices, rank=rank, device=worker.device)
         except Interrupted:
             continue  # abandoned: the coordinator hears of the stop with the next request
         except UserError as exc:

@@ -21,25 +21,25 @@ from .stop import Interrupted, NoStop, StopRequest
 class ChunkResult:
     """What one evaluated chunk leaves behind: its point indices, values and timing record."""
 
-    slot: int
     indices: np.ndarray
     values: dict[str, np.ndarray]
     timing: dict[str, object]
 
 
-def evaluate_chunk(evaluate: Evaluate, grid: Grid, slot: int, indices: np.ndarray, *, rank: int, device: str) -> ChunkResult:
+def evaluate_chunk(evaluate: Evaluate, grid: Grid, indices: np.ndarray, *, rank: int, device: str) -> ChunkResult:
     """Evaluate the points ``indices`` of ``grid`` and time it."""
     start = time.time()
     values = evaluate(grid.offsets(indices))
     timing = {"rank": rank, "host": socket.gethostname(), "device": device, "start": start, "seconds": time.time() - start}
-    return ChunkResult(slot, indices, values, timing)
+    return ChunkResult(indices, values, timing)
 
 
 def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True, stop: StopRequest | None = None) -> str:
     """Run ``job`` in this process: prepare its file, evaluate every pending chunk and store each as soon
     as it is done, so that an interrupted run keeps every finished chunk. Returns the file's status:
-    ``complete``, or ``interrupted`` where ``stop`` asked to stop first; a failure closes the file as
-    ``failed`` and is raised. ``chunk_size``: points per chunk (default: automatic)."""
+    ``complete``, or ``interrupted`` where ``stop`` asked to stop first (``unchanged`` where the run was
+    to replace a file and stopped before its first chunk: that file is as it was); a failure closes
+    the file as ``failed`` and is raised. ``chunk_size``: points per chunk (default: automatic)."""
     stop = stop or NoStop()
     setup = job.prepare(local_rank=0)
     try:
@@ -58,7 +58,7 @@ def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True
             raise
         finally:
             bar.close()
-            recorder.end(status)
+            status = recorder.end(status)
     finally:
         job.close()
     return status
@@ -78,12 +78,12 @@ def compute_chunks(
     as soon as it is done. Returns True when every chunk is done, False when ``stop`` asked to stop
     first."""
     stop = stop or NoStop()
-    for slot, indices in enumerate(chunks):
+    for indices in chunks:
         if stop.requested:
             return False
         try:
             with stop.abandonable():
-                result = evaluate_chunk(evaluate, grid, slot, indices, rank=0, device=device)
+                result = evaluate_chunk(evaluate, grid, indices, rank=0, device=device)
         except Interrupted:
             return False
         recorder.write_result(result)
