@@ -31,11 +31,21 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--loss", metavar="NAME",
         help="cross_entropy (default; class labels, or token labels (B, T) for outputs (B, T, C), -100 ignored), "
         "causal_lm (Hugging Face causal LM: shifted by one), mse, or an import string of loss(outputs, targets)")  # fmt: skip
-    add("--x", metavar="MIN:MAX:NUM", help="offsets along the first direction (default -1:1:25)")
-    add("--y", metavar="MIN:MAX:NUM", help="offsets along the second direction; leave out for a 1D curve")
+    add("--x", metavar="MIN:MAX:NUM", help="offsets along the first direction (default -1:1:25); auto[:NUM]: a span "
+        "chosen for you (random directions: out to where the loss has risen; checkpoints: their models and a margin)")
+    add("--y", metavar="MIN:MAX:NUM", help="offsets along the second direction, or auto[:NUM]; leave out for a 1D curve")
     add("--norm", help="direction normalisation: filter (default), layer, weight or none")
     add("--ignore", help="biasbn (default: 1-D parameters do not move) or none")
     add("--dir-type", dest="dir_type", help="weights (default) or states (adds buffers such as BatchNorm statistics)")
+    add("--to", metavar="B.pt", help="the line from θ0 (--checkpoint) to checkpoint B: d1 = θB − θ0, not normalised")
+    add("--plane", nargs=2, metavar=("B.pt", "C.pt"), help="the plane through θ0, B and C: d1 = θB − θ0, d2 = θC − θ0")
+    add("--bend", metavar="M.pt", help="with --to B.pt: the quadratic Bézier curve from θ0 through M to B, against t (--x)")
+    add("--trajectory", metavar="GLOB", help="checkpoints of a training run ('runs/epoch_*.pt'): their first two principal components")
+    add("--directions", metavar="FILE", help="the directions of a surface file, or a torch file of one or two {name: tensor} dicts")
+    add("--points", metavar="FILE.csv", help="evaluate these offsets (one or two columns a row) instead of a grid")
+    add("--auto-rise", dest="auto_rise", type=float, metavar="FACTOR",
+        help="with --x auto / --y auto on random directions: out until the loss is FACTOR times θ0's (default 5)")  # fmt: skip
+    add("--params", metavar="REGEX", help="only parameters whose names match move (re.search); the rest stay at θ0")
     add("--seed", type=int, help="seed of the random directions (default 0)")
     add("--batch-size", dest="batch_size", type=int, help="samples per forward pass (default: from the free device memory)")
     add("--max-samples", dest="max_samples", type=int, help="evaluate only the first N samples")
@@ -61,6 +71,7 @@ RUN_SETTINGS = (
     "model", "checkpoint", "data", "test_data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed",
     "batch_size", "max_samples", "max_test_samples", "device", "chunk_size", "rank0", "out",
     "precision", "points_per_pass", "vmap", "compile", "channels_last",
+    "to", "plane", "bend", "trajectory", "directions", "points", "params", "auto_rise",
 )  # fmt: skip
 
 
@@ -225,7 +236,9 @@ def command_sbatch(args: argparse.Namespace) -> int:
     run_args = [args.config_file] if args.config_file else []
     for name in RUN_SETTINGS:
         value = getattr(args, name)
-        if value is not None:
+        if isinstance(value, list):  # --plane B.pt C.pt
+            run_args += [f"--{name.replace('_', '-')}", *value]
+        elif value is not None:
             run_args.append(f"--{name.replace('_', '-')}={value}")
     run_args += ["--no-plot"] if args.no_plot else []
     job = JobSpec(

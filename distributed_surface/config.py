@@ -22,15 +22,28 @@ else:  # pragma: no cover
 EXAMPLE_MODEL = "distributed_surface.example:trained_digits_cnn"
 EXAMPLE_DATA = "distributed_surface.example:digits_train_data"
 DEFAULT_AXIS = "-1:1:25"
+AUTO_POINTS = 25  # points of an automatic axis (--x auto); --x auto:NUM for others
+# Default spans of the checkpoint kinds: past both ends of a line (θ0 at 0, B at 1), a plane that holds
+# its three models (at (0, 0), (1, 0), (0, 1)), and a curve's t from θ0 to B.
+LINE_AXIS, PLANE_AXIS, BEZIER_AXIS = "-0.5:1.5:41", "-0.5:1.5:25", "0:1:41"
 
 # Fields that decide the surface's values; a resumed run must agree with the file on all of them.
 # The checkpoint is compared by the hash of θ0 it gives, not by its path, which may move.
 # The others (where and how fast it runs, where it writes) may change between runs of one surface.
 # precision is one of them: bf16 and tf32 change the values (see the README's error table).
+# The directions' kind is compared, not the paths of the checkpoints or files it came from: those are
+# compared by content (their sha256 is in the file).
 SURFACE_FIELDS = (
     "model", "data", "test_data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed", "max_samples",
-    "max_test_samples", "precision",
+    "max_test_samples", "precision", "kind", "params",
 )  # fmt: skip
+
+# Where the directions come from (see kinds.py): random normal directions, or checkpoints and files.
+KINDS = ("random_normal", "interpolate", "plane", "bezier", "pca", "file")
+# Kinds whose directions are not drawn and normalised: --norm and --seed would be ignored (and --ignore,
+# but for PCA, which zeroes the 1-D offsets under biasbn as the paper's code does).
+UNNORMALISED_KINDS = {"interpolate": ("norm", "seed", "ignore"), "plane": ("norm", "seed", "ignore"),
+                      "bezier": ("norm", "seed", "ignore"), "pca": ("norm", "seed"), "file": ("norm", "seed", "ignore")}  # fmt: skip
 
 # Under MPI, rank 0 coordinates; "work": it also evaluates chunks, "coordinate": it only coordinates.
 RANK0_ROLES = ("work", "coordinate")
@@ -65,6 +78,15 @@ class RunConfig:
     channels_last: bool | str = "auto"  # auto: on a CPU, off on a GPU
     rank0: str = "work"
     out: str = "surface.h5"
+    # Directions from checkpoints and files (kinds.py); none of them: random normal directions.
+    to: str | None = None  # a line from θ0 to this checkpoint (with bend: the curve's end)
+    plane: tuple[str, str] | None = None  # the plane through θ0 and two checkpoints
+    bend: str | None = None  # the Bézier curve's middle checkpoint
+    trajectory: str | None = None  # a glob of checkpoints: their first two principal components
+    directions: str | None = None  # the directions of a surface file, or a torch file of 1 or 2 dicts
+    points: str | None = None  # a CSV file of (a) or (a, b) offsets, evaluated instead of a grid
+    params: str | None = None  # a regular expression: only the tensors whose names match move
+    auto_rise: float = 5.0  # --x auto: out along a direction until the loss is this many times θ0's
 
     @classmethod
     def build(cls, **values) -> "RunConfig":
@@ -79,10 +101,30 @@ class RunConfig:
         given = {k: v for k, v in values.items() if v is not None}
         if ("model" in given) != ("data" in given):
             raise UserError("--model and --data go together (neither: the built-in example)")
-        if "x" in given and "y" not in given:
+        if isinstance(given.get("plane"), list):
+            given["plane"] = tuple(given["plane"])
+        curve = any(name in given for name in ("to", "bend", "points")) and "plane" not in given
+        if ("x" in given or curve) and "y" not in given:
             given["y"] = None
+        if "x" not in given and "points" not in given:  # a span that shows the models of the kind
+            for name, span in (("bend", BEZIER_AXIS), ("to", LINE_AXIS), ("plane", PLANE_AXIS)):
+                if name in given:
+                    given["x"] = span
+                    if name == "plane" and "y" not in given:
+                        given["y"] = span
+                    break
+        if any(name in given for name in ("to", "plane", "bend")) and "dir_type" not in given:
+            # Between checkpoints the BatchNorm statistics move too, so that each model is itself at its
+            # point (the paper's interpolation scripts use --dir_type states)
+            given["dir_type"] = "states"
         config = cls(**given)
         config.validate()
+        ignored = [name for name in UNNORMALISED_KINDS.get(config.kind, ()) if name in given]
+        if ignored:
+            raise UserError(
+                f"--{ignored[0].replace('_', '-')} has no effect on {config.kind_flag} directions (they are not drawn "
+                "or normalised): leave it out"
+            )
         return config
 
     def validate(self) -> None:
@@ -119,6 +161,65 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
             raise UserError(f"--device {self.device!r}: expected auto, cpu or cuda")
+        self._validate_kind()
+
+    def _validate_kind(self) -> None:
+        for name in ("to", "bend", "trajectory", "directions", "points", "params"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise UserError(f"--{name} must be a non-empty string")
+        if self.plane is not None and (len(self.plane) != 2 or not all(isinstance(p, str) and p for p in self.plane)):
+            raise UserError("--plane takes two checkpoints: --plane B.pt C.pt")
+        chosen = [flag for flag, value in (("--to", self.to and not self.bend), ("--plane", self.plane),
+                  ("--bend", self.bend), ("--trajectory", self.trajectory), ("--directions", self.directions)) if value]  # fmt: skip
+        if len(chosen) > 1:
+            raise UserError(f"{chosen[0]} and {chosen[1]} each choose the directions: give one of them")
+        if self.bend is not None and self.to is None:
+            raise UserError("--bend M.pt draws the curve from θ0 through M to a checkpoint B: add --to B.pt")
+        if isinstance(self.auto_rise, bool) or not isinstance(self.auto_rise, (int, float)) or not self.auto_rise > 1:
+            raise UserError(f"--auto-rise must be a number above 1, got {self.auto_rise!r}")
+        if self.params is not None:
+            try:
+                re.compile(self.params)
+            except re.error as exc:
+                raise UserError(f"--params {self.params!r} is not a regular expression: {exc}") from None
+        two = self.kind in ("plane", "pca")
+        if self.points is not None:
+            if self.y is not None:
+                raise UserError("--points gives the points: leave out --y")
+            if self.kind in ("bezier",):
+                raise UserError("--bend makes its own points: leave out --points")
+        elif two and self.y is None:
+            raise UserError(f"{self.kind_flag} spans a plane: give --y as well as --x")
+        elif self.kind in ("interpolate", "bezier") and self.y is not None:
+            hint = " (--plane B.pt C.pt spans a plane)" if self.kind == "interpolate" else ""
+            raise UserError(f"{self.kind_flag} draws a curve: leave out --y{hint}")
+
+    @property
+    def auto_axes(self) -> tuple[str, ...]:
+        """The axes whose span the run chooses (``auto``)."""
+        return tuple(name for name in ("x", "y") if is_auto(getattr(self, name)))
+
+    @property
+    def kind(self) -> str:
+        """Where the directions come from: one of :data:`KINDS`."""
+        if self.bend is not None:
+            return "bezier"
+        if self.to is not None:
+            return "interpolate"
+        if self.plane is not None:
+            return "plane"
+        if self.trajectory is not None:
+            return "pca"
+        if self.directions is not None:
+            return "file"
+        return "random_normal"
+
+    @property
+    def kind_flag(self) -> str:
+        """The flag that chose the kind, for messages."""
+        return {"bezier": "--bend", "interpolate": "--to", "plane": "--plane", "pca": "--trajectory",
+                "file": "--directions", "random_normal": "random"}[self.kind]  # fmt: skip
 
     @property
     def grid(self) -> Grid:
@@ -143,11 +244,17 @@ class RunConfig:
     def from_json(cls, text: str) -> "RunConfig":
         values = json.loads(text)
         known = {f.name for f in fields(cls)}
+        if isinstance(values.get("plane"), list):
+            values["plane"] = tuple(values["plane"])
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def surface_differences(self, other: "RunConfig") -> list[str]:
-        """The names of the surface-deciding fields on which the two configs differ."""
+        """The names of the surface-deciding fields on which the two configs differ. (An automatic axis
+        of this config agrees with the span the other chose.)"""
         def value(config: RunConfig, name: str):
+            if name in ("x", "y") and name in self.auto_axes and config is self:
+                chosen = getattr(other.grid, name)  # (None where the other has no such axis)
+                return chosen if chosen is not None and chosen.num == getattr(self.grid, name).num else "auto"
             # Axes compare by value: "-1:1:3" and "-1.0:1.0:3" are the same grid.
             return getattr(config.grid, name) if name in ("x", "y") else getattr(config, name)
 
@@ -170,7 +277,23 @@ def _choice(flag: str, value, allowed) -> None:
         raise UserError(f"--{flag} {value!r}: expected one of {', '.join(allowed)}")
 
 
+def is_auto(text) -> bool:
+    """``auto`` or ``auto:NUM``: a span the run chooses when it starts (span.py)."""
+    return isinstance(text, str) and (text == "auto" or text.startswith("auto:"))
+
+
 def _axis(flag: str, text) -> Axis:
+    """The axis of ``MIN:MAX:NUM``; for ``auto[:NUM]`` a placeholder of NUM points from -1 to 1 (the run
+    puts the span it chooses in its place before anything is evaluated)."""
+    if is_auto(text):
+        _, _, num = str(text).partition(":")
+        try:
+            count = int(num) if num else AUTO_POINTS
+        except ValueError:
+            raise UserError(f"--{flag} {text!r}: expected auto or auto:NUM") from None
+        if count < 2:
+            raise UserError(f"--{flag} {text!r}: an automatic span needs at least 2 points")
+        return Axis(-1.0, 1.0, count)
     try:
         return Axis.parse(text)
     except ValueError as exc:

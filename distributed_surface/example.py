@@ -90,27 +90,61 @@ def trained_digits_cnn() -> nn.Module:
     return model
 
 
-def train(model: nn.Module, epochs: int = EPOCHS) -> None:
+def train(model: nn.Module, epochs: int = EPOCHS, seed: int = SEED, after_epoch=None) -> None:
     """Train deterministically on the training split: fixed seed, one thread (so every machine and rank
-    gets the same θ0)."""
+    gets the same θ0). ``after_epoch(epoch, model)`` is called after each epoch (from 1)."""
     inputs, targets = digits_train_data()
-    generator = torch.Generator().manual_seed(SEED)
+    generator = torch.Generator().manual_seed(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(SEED)
+        torch.manual_seed(seed)
         for module in model.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         model.train()
-        for _ in range(epochs):
+        for epoch in range(1, epochs + 1):
             order = torch.randperm(len(inputs), generator=generator)
             for batch in order.split(64):
                 optimizer.zero_grad()
                 loss = nn.functional.cross_entropy(model(inputs[batch]), targets[batch])
                 loss.backward()
                 optimizer.step()
+            if after_epoch is not None:
+                model.eval()
+                after_epoch(epoch, model)
+                model.train()
         model.eval()
     finally:
         torch.set_num_threads(threads)
+
+
+def main(argv=None) -> int:
+    """``python -m distributed_surface.example --seed 1 --out b.pt [--epochs-to DIR]``: train the example
+    network with another seed (another minimum, for --to and --plane) and save it; with
+    ``--epochs-to DIR``, save every epoch's weights there too (a trajectory, for --trajectory)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m distributed_surface.example", description=main.__doc__)
+    parser.add_argument("--seed", type=int, default=SEED, help=f"training seed (default {SEED}: the built-in model)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs (default {EPOCHS})")
+    parser.add_argument("--out", required=True, help="where to save the trained state_dict")
+    parser.add_argument("--epochs-to", dest="epochs_to", metavar="DIR", help="also save epoch_<N>.pt after each epoch here")
+    args = parser.parse_args(argv)
+    folder = Path(args.epochs_to) if args.epochs_to else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def save_epoch(epoch, model):
+        torch.save(model.state_dict(), folder / f"epoch_{epoch}.pt")
+
+    model = digits_cnn()
+    train(model, args.epochs, args.seed, save_epoch if folder is not None else None)
+    torch.save(model.state_dict(), args.out)
+    print(f"saved {args.out}" + (f" and {args.epochs} epochs in {folder}/" if folder is not None else ""))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -45,6 +45,8 @@ def export_surface(path: str, fmt: str, *, out: str | None = None, kind: str = "
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
     data = read_any_surface(path)
+    if data.points is not None and fmt != "csv":
+        raise UserError(f"{path!r} is a list of points, not a grid: export it with --format csv")
     kind = str(kind)
     metric = kind if is_measurement_name(kind) else measurement_name(SPLITS[0], kind)
     if metric not in _metrics(data):
@@ -88,6 +90,7 @@ def _check_target(target: Path, source: Path, fmt: str, force: bool) -> None:
 
 # VTK files carry this comment; a CSV file is known by its header (x[, y], then measurement names).
 MARK = "written by distributed_surface"
+POINT_COLUMNS = ("a", "b")  # a list of points' offsets along d1 and d2
 
 
 def _an_export(path: Path, fmt: str) -> bool:
@@ -100,7 +103,7 @@ def _an_export(path: Path, fmt: str) -> bool:
     if fmt != "csv":
         return MARK in head
     columns = head.splitlines()[0].split(",") if head else []
-    names = columns[2:] if columns[:2] == ["x", "y"] else columns[1:]
+    names = [c for c in (columns[2:] if columns[:2] == ["x", "y"] else columns[1:]) if c not in (*POINT_COLUMNS, "curve")]
     return columns[:1] == ["x"] and bool(names) and all(is_measurement_name(n) for n in names)
 
 
@@ -121,7 +124,13 @@ def _values(data: SurfaceData, metric: str) -> np.ndarray:
 
 def csv_text(data: SurfaceData) -> str:
     metrics = _metrics(data)
-    if data.y is None:
+    if data.points is not None:  # a list of points: its parameter, each point's offsets, its curve
+        columns = [data.x, *data.points.T]
+        header = ["x", *POINT_COLUMNS[: data.points.shape[1]]]
+        if data.curve is not None:
+            columns.append(data.curve)
+            header.append("curve")
+    elif data.y is None:
         columns = [data.x]
         header = ["x"]
     else:

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .core.measurements import ordered
+from .core.measurements import SPLITS, measurement_name, ordered
 from .lock import describe, holder
 from .storage import SurfaceData, read_surface
 
@@ -42,10 +42,51 @@ def describe_surface(path: str) -> str:
         f"torch {data.attrs.get('torch_version')}, h5py {data.attrs.get('h5py_version')}",
     ]
     lines += _measurements(data)
+    lines += _directions(data)
     lines.append("config:")
     lines += [f"  {key} = {value!r}" for key, value in sorted(data.config.items())]
     lines += _runs(data, alive=owner is not None) + _timings(data)
     return "\n".join(lines)
+
+
+def barriers(data: SurfaceData) -> dict[str, float]:
+    """For a Bézier surface, the loss barrier along the curve and along the straight line between its
+    ends: the highest (first split's) loss on each minus the mean of its two ends. Empty for other
+    surfaces, and for a curve not computed whole."""
+    name = measurement_name(SPLITS[0], "loss")
+    if data.frame.get("kind") != "bezier" or data.curve is None or name not in data.metrics:
+        return {}
+    result = {}
+    for index, label in ((0, "curve"), (1, "straight line")):
+        members = np.flatnonzero(data.curve == index)
+        values = np.asarray(data.metrics[name])[members[np.argsort(data.x[members], kind="stable")]]
+        if values.size >= 2 and np.all(np.isfinite(values)):
+            result[label] = float(values.max() - (values[0] + values[-1]) / 2)
+    return result
+
+
+def _directions(data: SurfaceData) -> list[str]:
+    """What the directions are and where they came from."""
+    frame = data.frame
+    kind = frame.get("kind", "?")
+    text = str(kind)
+    if kind == "random_normal":
+        text += f": {frame.get('norm')}-normalised, ignore {frame.get('ignore')}, seed {frame.get('seed')}"
+    sources = frame.get("sources", [])
+    if sources:
+        shown = [f"{s['path']} ({s['role']}, sha256 {s['sha256'][:12]})" for s in sources[:3]]
+        text += ": " + "; ".join(shown) + (f"; and {len(sources) - 3} more" if len(sources) > 3 else "")
+    lines = [f"directions: {text}" + (f", dir-type {frame['dir_type']}" if frame.get("dir_type") else "")]
+    if frame.get("params"):
+        lines.append(f"  only parameters matching {frame['params']!r} move")
+    ratios = frame.get("explained_variance_ratio")
+    if ratios is not None:
+        lines.append("  explained variance: " + ", ".join(f"PC{k + 1} {100 * r:.1f}%" for k, r in enumerate(np.ravel(ratios))))
+    for label, value in barriers(data).items():
+        lines.append(f"  barrier along the {label}: {value:.6g} (the highest loss minus the mean of its ends)")
+    if data.points is not None:
+        lines.append(f"  evaluated at {len(data.points)} listed points")
+    return lines
 
 
 def _measurements(data: SurfaceData) -> list[str]:

@@ -26,6 +26,7 @@ from matplotlib.tri import Triangulation
 
 from .core.measurements import SPLITS, TEST, TRAIN, measurement_name, ordered, quantity_of
 from .errors import UserError
+from .info import barriers
 from .legacy import is_legacy, read_any_surface
 from .storage import SurfaceData
 
@@ -34,7 +35,8 @@ KINDS_2D = {
     "contour": "2d_contour", "contourf": "2d_contourf", "heatmap": "2d_heatmap", "surface": "3d_surface", "gap": "2d_gap",
 }  # fmt: skip
 KINDS_1D = {"curve": "1d"}
-KINDS = (*KINDS_2D, *KINDS_1D)
+KINDS_POINTS = {"points": "points"}  # a list of points in a plane (--points with two columns)
+KINDS = (*KINDS_2D, *KINDS_1D, *KINDS_POINTS)
 FORMATS = ("png", "pdf", "svg")
 DPI = 150
 
@@ -74,13 +76,14 @@ def plot_surface(
     wanted = _parse_kinds(kinds)
     _check_range(vmin, vmax, levels, log)
     data = read_any_surface(path)
-    fits = KINDS_1D if data.y is None else KINDS_2D
+    scattered = data.points is not None and data.points.shape[1] == 2 and data.curve is None
+    fits = KINDS_POINTS if scattered else KINDS_1D if data.y is None else KINDS_2D
     gaps = _gap_quantities(data)
     if wanted is None:
         wanted = [kind for kind in fits if kind != "gap" or gaps]
     misfit = [kind for kind in wanted if kind not in fits]
     if misfit:
-        dims = "1D" if data.y is None else "2D"
+        dims = "points" if scattered else "1D" if data.y is None else "2D"
         raise UserError(
             f"--kind {misfit[0]} does not fit {path!r}, a {dims} surface (its kinds: {', '.join(fits)})"
         )
@@ -98,6 +101,11 @@ def plot_surface(
     stem = Path(path).stem
     style = _Style(vmin=vmin, vmax=vmax, step=levels, log=log)
     written = []
+    if scattered:
+        for metric in _metrics(data):
+            suffix = "_log" if log and _is_loss(metric) else ""
+            written.append(_save(_scatter(data, metric, style), target / f"{stem}_points_{metric}{suffix}.{fmt}"))
+        return written
     if data.y is None:
         name = f"{stem}_1d_{_curve_name(data)}{'_log' if log else ''}.{fmt}"
         written.append(_save(_curve(data, style), target / name))
@@ -246,7 +254,19 @@ def describe(data: SurfaceData) -> str:
     parts = [model]
     if is_legacy(data):
         parts[0] = f"{model} (loss-landscape file)"
-    if config.get("norm"):
+    kind = data.frame.get("kind", "random_normal")
+    names = [Path(s["path"]).stem for s in data.frame.get("sources", [])]
+    if kind == "interpolate" and names:
+        parts.append(f"line to {names[0]}")
+    elif kind == "plane" and len(names) == 2:
+        parts.append(f"plane through {names[0]} and {names[1]}")
+    elif kind == "bezier" and len(names) == 2:
+        parts.append(f"curve through {names[0]} to {names[1]}")
+    elif kind == "pca":
+        parts.append(f"principal directions of {len(names)} checkpoints")
+    elif kind == "file":
+        parts.append("directions from a file")
+    elif config.get("norm"):
         parts.append(f"{config['norm']}-normalised directions")
     if config.get("dir_type") == "states":
         parts.append("states")
@@ -261,6 +281,11 @@ def _title(data: SurfaceData, what: str) -> str:
     done, total = data.progress
     if done < total:
         lines.append(f"partial: {done}/{total} points computed ({data.status}), the rest left blank")
+    first = next(iter(_metrics(data)), None)
+    if first is not None:
+        broken = int(np.count_nonzero(data.done.astype(bool) & ~np.isfinite(np.asarray(data.metrics[first], dtype=float))))
+        if broken:
+            lines.append(f"{broken} computed point(s) not finite (blown up, or BatchNorm variances below zero), left blank")
     return "\n".join(lines)
 
 
@@ -279,15 +304,52 @@ def _masked(data: SurfaceData, metric: str, log: bool = False) -> np.ma.MaskedAr
 
 
 def _axes_labels(ax, data: SurfaceData, short: bool = False) -> None:
+    kind = data.frame.get("kind")
+    ratios = data.frame.get("explained_variance_ratio")
+    if kind == "pca" and ratios is not None and len(ratios) >= 2:
+        ax.set_xlabel(f"PC1: {100 * ratios[0]:.1f}%")
+        if data.y is not None:
+            ax.set_ylabel(f"PC2: {100 * ratios[1]:.1f}%")
+        return
+    if kind == "bezier" and data.y is None:
+        ax.set_xlabel("t: (1−t)²·θ0 + 2t(1−t)·θM + t²·θB (straight line: (1−t)·θ0 + t·θB)")
+        return
+    if kind == "interpolate":
+        ax.set_xlabel("t: θ0 + t·(θB − θ0)")
+        return
+    if kind == "plane":
+        ax.set_xlabel("x: θ0 + x·(θB − θ0) + y·(θC − θ0)" if not short else "x (towards B)")
+        ax.set_ylabel("y" if not short else "y (towards C)")
+        return
     ax.set_xlabel("x (along d1)" if short else "x: offset along direction d1")
     if data.y is not None:
         ax.set_ylabel("y (along d2)" if short else "y: offset along direction d2")
 
 
+def markers(data: SurfaceData) -> list[tuple[str, tuple[float, ...]]]:
+    """The models to mark, with their coordinates: the ones the directions' kind recorded, else θ0 at
+    the origin."""
+    recorded = [(m["label"], tuple(m["at"])) for m in data.frame.get("markers", [])]
+    return recorded or [("θ0", (0.0,) * (1 if data.y is None else 2))]
+
+
 def _mark_minimum(ax, data: SurfaceData) -> None:
-    """θ0, the trained model, at (0, 0) where the grid covers it."""
-    if data.x.min() <= 0 <= data.x.max() and data.y.min() <= 0 <= data.y.max():
-        ax.plot([0], [0], marker="*", color="red", markeredgecolor="white", markersize=11, linestyle="", label="θ0")
+    """The models in the plane (θ0, and the checkpoints of --plane), where the grid covers them, and the
+    path of a trajectory's checkpoints."""
+    shown = False
+    for k, (label, at) in enumerate(markers(data)):
+        if len(at) == 2 and data.x.min() <= at[0] <= data.x.max() and data.y.min() <= at[1] <= data.y.max():
+            style = dict(marker="*", markersize=11) if k == 0 else dict(marker="^", markersize=8)
+            ax.plot([at[0]], [at[1]], color="red" if k == 0 else "orange", markeredgecolor="white", linestyle="",
+                    label=label, **style)  # fmt: skip
+            shown = True
+    path = data.trajectory
+    if path is not None and data.y is not None:
+        ax.plot(path["x"], path["y"], color="black", linewidth=1.0, marker="o", markersize=3, label="trajectory")
+        for name, px, py in ((path["names"][0], path["x"][0], path["y"][0]), (path["names"][-1], path["x"][-1], path["y"][-1])):
+            ax.annotate(name, (px, py), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        shown = True
+    if shown:
         ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
 
 
@@ -492,13 +554,16 @@ def _curve(data: SurfaceData, style: _Style) -> Figure:
     fig = Figure(figsize=(6.8, 4.6), layout="constrained")
     ax = fig.add_subplot()
     _axes_labels(ax, data)
-    marker = dict(marker="o", markersize=3) if len(data.x) <= 60 else {}
+    curves = _curves(data)
+    marker = dict(marker="o", markersize=3) if len(data.x) <= 60 * len(curves) else {}
     handles = []
     splits = [s for s in SPLITS if measurement_name(s, "loss") in data.metrics]
     for split in splits:
         loss = _masked(data, measurement_name(split, "loss"), style.log)
-        (line,) = ax.plot(data.x, loss, color="tab:blue", linestyle=_LINE_STYLES[split], label=f"{split} loss", **marker)
-        handles.append(line)
+        for name, order, alpha in curves:
+            (line,) = ax.plot(data.x[order], loss[order], color="tab:blue", linestyle=_LINE_STYLES[split], alpha=alpha,
+                              label=f"{split} loss{name}", **marker)  # fmt: skip
+            handles.append(line)
     if style.log:
         ax.set_yscale("log")
     ax.set_ylabel("loss (log scale)" if style.log else "loss", color="tab:blue")
@@ -509,21 +574,60 @@ def _curve(data: SurfaceData, style: _Style) -> Figure:
     if accs:
         twin = ax.twinx()
         for split in accs:
-            (line,) = twin.plot(
-                data.x, _masked(data, measurement_name(split, "acc")), color="tab:red",
-                linestyle=_LINE_STYLES[split], label=f"{split} accuracy", **marker,
-            )  # fmt: skip
-            handles.append(line)
+            acc = _masked(data, measurement_name(split, "acc"))
+            for name, order, alpha in curves:
+                (line,) = twin.plot(data.x[order], acc[order], color="tab:red", linestyle=_LINE_STYLES[split],
+                                    alpha=alpha, label=f"{split} accuracy{name}", **marker)  # fmt: skip
+                handles.append(line)
         twin.set_ylabel("accuracy (%)", color="tab:red")
         twin.tick_params(axis="y", colors="tab:red")
         twin.set_ylim(0, 100)
-    if len(data.x) > 1:
+    if np.ptp(data.x) > 0:
         ax.set_xlim(data.x.min(), data.x.max())
-    if data.x.min() <= 0 <= data.x.max():
-        ax.axvline(0, color="grey", linewidth=0.6, linestyle=":")
-    ax.legend(handles=handles, loc="center", fontsize=8, ncols=len(handles), framealpha=0.8)
+    for label, at in markers(data):
+        if len(at) == 1 and data.x.min() <= at[0] <= data.x.max():
+            ax.axvline(at[0], color="grey", linewidth=0.6, linestyle=":")
+            ax.annotate(label, (at[0], 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                        textcoords="offset points", fontsize=7, color="grey")  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=min(len(handles), 4), frameon=False)
     what = " and ".join(["loss"] + (["accuracy"] if accs else []))
-    ax.set_title(_title(data, f"{' and '.join(splits)} {what}" + (" (log scale)" if style.log else "")), fontsize=9)
+    title = f"{' and '.join(splits)} {what}" + (" (log scale)" if style.log else "")
+    heights = barriers(data)
+    if heights:
+        title += "; barrier " + ", ".join(f"{name} {value:.3g}" for name, value in heights.items())
+    ax.set_title(_title(data, title), fontsize=9)
+    return fig
+
+
+def _curves(data: SurfaceData) -> list[tuple[str, np.ndarray, float]]:
+    """The curves of a 1D surface: (label suffix, the points in order of x, opacity). One curve, or
+    for a Bézier surface the curve and the straight line between its ends."""
+    if data.curve is None:
+        return [("", np.argsort(data.x, kind="stable"), 1.0)]
+    names = {0: " (curve)", 1: " (straight line)"}
+    result = []
+    for index in np.unique(data.curve):
+        members = np.flatnonzero(data.curve == index)
+        order = members[np.argsort(data.x[members], kind="stable")]
+        result.append((names.get(int(index), f" (curve {index})"), order, 1.0 if index == 0 else 0.45))
+    return result
+
+
+def _scatter(data: SurfaceData, metric: str, style: _Style) -> Figure:
+    """A list of points in the plane, each coloured by its value."""
+    levels, norm, log = style.scale(metric, _masked(data, metric).compressed())
+    values = _masked(data, metric, log)
+    fig = Figure(figsize=(6.0, 5.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(_title(data, f"{_label(metric, log)}: {len(values)} points"), fontsize=9)
+    ax.set_xlabel("a: offset along direction d1")
+    ax.set_ylabel("b: offset along direction d2")
+    keep = ~np.ma.getmaskarray(values)
+    artist = ax.scatter(data.points[keep, 0], data.points[keep, 1], c=values.data[keep], cmap=_cmap(metric), norm=norm,
+                        s=40, edgecolors="black", linewidths=0.3)  # fmt: skip
+    if (~keep).any():
+        ax.scatter(data.points[~keep, 0], data.points[~keep, 1], facecolors="none", edgecolors="grey", s=40, label="not computed")
+    fig.colorbar(artist, ax=ax, label=_label(metric, log))
     return fig
 
 

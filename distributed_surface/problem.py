@@ -88,18 +88,29 @@ def build_model(spec: str) -> nn.Module:
 
 def load_checkpoint(model: nn.Module, path: str) -> None:
     """Load a state_dict, or a dict holding one under ``state_dict`` or ``model``, into ``model``."""
+    model.load_state_dict(read_state(path, model, "--checkpoint"))
+
+
+def read_state(path: str, model: nn.Module, flag: str, *, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The state_dict in checkpoint ``path`` (or the one it holds under ``state_dict`` or ``model``; a
+    ``module.`` prefix from DataParallel/DDP removed), checked to fit ``model``: the same keys and
+    shapes. ``mmap``: tensors stay in the file until read (memory-mapped), where its format allows.
+    ``flag`` names the option in the one-line errors."""
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"--checkpoint {path!r}: no such file")
-    try:
-        with warnings.catch_warnings():  # torch's advice (weights_only=False) is not ours to give
-            warnings.simplefilter("ignore")
-            # weights_only: a checkpoint is data, never code to run.
-            loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a damaged or foreign file
-        raise UserError(
-            f"--checkpoint {path!r} is not a readable torch checkpoint of tensors: {_describe(exc)}"
-        ) from exc
+        raise UserError(f"{flag} {path!r}: no such file")
+    loaded = None
+    for mapped in ((True, False) if mmap else (False,)):
+        try:
+            with warnings.catch_warnings():  # torch's advice (weights_only=False) is not ours to give
+                warnings.simplefilter("ignore")
+                # weights_only: a checkpoint is data, never code to run.
+                loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=mapped)
+            break
+        except Exception as exc:  # torch raises many kinds for a damaged or foreign file
+            if mapped:
+                continue  # (an old-format file cannot be mapped: read it whole)
+            raise UserError(f"{flag} {path!r} is not a readable torch checkpoint of tensors: {_describe(exc)}") from exc
     state = loaded
     if isinstance(loaded, dict):
         for key in ("state_dict", "model"):
@@ -107,7 +118,7 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
                 state = loaded[key]
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"--checkpoint {path!r} holds no state_dict (nor one under 'state_dict' or 'model')")
+        raise UserError(f"{flag} {path!r} holds no state_dict (nor one under 'state_dict' or 'model')")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
         state = {k[len("module.") :]: v for k, v in state.items()}
     expected = model.state_dict()
@@ -123,14 +134,14 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
             parts.append(f"missing {_first(missing)}")
         if unexpected:
             parts.append(f"unexpected {_first(unexpected)}")
-        raise UserError(f"--checkpoint {path!r} does not match the model: {'; '.join(parts)}")
+        raise UserError(f"{flag} {path!r} does not match the model: {'; '.join(parts)}")
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
             raise UserError(
-                f"--checkpoint {path!r} does not match the model: {key!r} has shape {tuple(value.shape)}, "
+                f"{flag} {path!r} does not match the model: {key!r} has shape {tuple(value.shape)}, "
                 f"the model's is {tuple(expected[key].shape)}"
             )
-    model.load_state_dict(state)
+    return state
 
 
 def _first(names: list[str], count: int = 3) -> str:

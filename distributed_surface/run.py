@@ -11,14 +11,15 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import RunConfig
-from .core.directions import Direction, base_tensors, make_directions
+from .core.directions import Direction
+from .core.grid import Grid, PointList
 from .core.evaluate import BatchError, SurfaceEvaluator
 from .core.measurements import TEST, TRAIN, Measurement
 from .engine.job import Setup, Worker
@@ -26,6 +27,8 @@ from .engine.launcher import world_size
 from .engine.serial import run_serial
 from .engine.stop import StopRequest
 from .errors import UserError
+from .kinds import Frame, check_sources, make_frame, make_layout, read_points
+from .span import choose_spans
 from .problem import Problem, build_model, check_problem, load_checkpoint, load_data, resolve_device, resolve_loss
 from .runtime import keep_freed_host_memory
 from .output import check_grid_fits, check_output
@@ -39,6 +42,7 @@ from .storage import (
     open_checked,
     publish,
     read_directions,
+    read_frame,
     stored_measurements,
     surface_bytes,
 )
@@ -61,7 +65,6 @@ class SurfaceJob:
     def __init__(self, config: RunConfig, *, resume: bool = False, overwrite: bool = False):
         self.config = config
         self.out = config.out
-        self.grid = config.grid
         self.resume = resume
         self.overwrite = overwrite
 
@@ -87,16 +90,28 @@ class SurfaceJob:
         problem = load_problem(config)
         check_problem(problem, device, config.data_flags)
         prints = fingerprint(problem)
+        frame = None
         if resuming:
             check_fingerprint(config.out, prints)
             with open_checked(config.out, "r") as f:
+                if config.auto_axes:  # the spans the first run chose
+                    stored = RunConfig.from_json(_text(f.attrs["config"]))
+                    config = self.config = replace(config, **{a: getattr(stored, a) for a in config.auto_axes})
                 directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in read_directions(f)]
                 done = f["done"][()]
                 stored = [m.name for m in stored_measurements(f)]
+                check_sources(config, read_frame(f))
+                layout = stored_layout(config, f)
         else:
-            base = base_tensors(problem.model, config.dir_type)
-            directions = make_directions(base, config.grid.ndim, config.norm, config.ignore, config.seed)
+            frame = make_frame(config, problem.model)
+            directions, layout = frame.directions, frame.layout
         evaluator = make_evaluator(config, problem, device, directions)
+        if config.auto_axes and not resuming:
+            chosen = choose_spans(config, frame, _naming_failures(evaluator))
+            for name, span in chosen.items():
+                print(f"dsurf: --{name} auto: {span}", file=sys.stderr)
+            config = self.config = replace(config, **chosen)
+            frame.layout = layout = make_layout(config, len(frame.directions))
         path, replaces = config.out, None
         if resuming:
             measured = [m.name for m in evaluator.measurements]
@@ -104,16 +119,16 @@ class SurfaceJob:
                 raise UserError(f"--resume: {config.out!r} holds {', '.join(stored)}; this run measures {', '.join(measured)}")
         else:
             exists = Path(config.out).exists()
-            temporary = create_file(config, evaluator.measurements, directions, prints, replacing=exists)
+            temporary = create_file(config, evaluator.measurements, frame, prints, replacing=exists)
             if exists:
                 path, replaces = str(temporary), config.out
             else:
                 publish(temporary, config.out)
-            done = np.zeros(config.grid.shape, dtype=np.uint8)
+            done = np.zeros(layout.shape, dtype=np.uint8)
         shared = {"prints": prints, "directions": [{k: v.numpy() for k, v in d.items()} for d in directions]}
         local = Loaded(problem, device, directions, evaluator)
-        return Setup(done=done, start=time.time(), path=path, replaces=replaces, created=not resuming, shared=shared,
-                     local=local)  # fmt: skip
+        return Setup(done=done, start=time.time(), grid=layout, path=path, replaces=replaces, created=not resuming,
+                     shared=shared, local=local)  # fmt: skip
 
     def close(self) -> None:
         """Give back the file's lock (rank 0, once the file is closed)."""
@@ -228,29 +243,38 @@ def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, di
 
 
 def create_file(
-    config: RunConfig, measurements: list[Measurement], directions, prints: dict[str, object], *, replacing: bool
+    config: RunConfig, measurements: list[Measurement], frame: Frame, prints: dict[str, object], *, replacing: bool
 ) -> Path:
     """Write a new, empty surface file for this run beside ``config.out``; return where (see
     :func:`~.storage.create_surface`). Refused where the disk cannot hold it."""
-    arrays = [{k: v.detach().cpu().numpy() for k, v in d.items()} for d in directions]
-    nbytes = surface_bytes(config.grid.size, measurements, sum(a.nbytes for d in arrays for a in d.values()),
+    arrays = [{k: v.detach().cpu().numpy() for k, v in d.items()} for d in frame.directions]
+    nbytes = surface_bytes(frame.layout.size, measurements, sum(a.nbytes for d in arrays for a in d.values()),
                            datasets=sum(len(d) for d in arrays))  # fmt: skip
     check_space(config.out, nbytes, replacing=replacing)
     return create_surface(
         config.out,
         config_json=config.to_json(),
-        grid=config.grid,
+        grid=frame.layout,
         measurements=measurements,
         directions=arrays,
-        direction_attrs={
-            "dir_type": config.dir_type,
-            "norm": config.norm,
-            "ignore": config.ignore,
-            "seed": config.seed,
-            "kind": "random_normal",
-        },
+        direction_attrs=frame.attrs,
         attrs={**prints, "torch_version": str(torch.__version__)},
+        trajectory=frame.trajectory,
     )
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def stored_layout(config: RunConfig, f) -> Grid | PointList:
+    """The points of the file being resumed; refused where ``--points`` names other points."""
+    if "points" not in f:
+        return config.grid
+    layout = PointList(f["points"][()], f["xcoordinates"][()], f["curve"][()] if "curve" in f else None)
+    if config.points is not None and read_points(config.points) != layout:
+        raise UserError(f"--resume: --points {config.points!r} holds other points than {config.out!r}")
+    return layout
 
 
 def take_lock(path: str) -> WriterLock:

@@ -26,7 +26,7 @@ import shutil
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -34,7 +34,7 @@ import numpy as np
 
 from . import __version__
 from .core import measurements as declared
-from .core.grid import Grid
+from .core.grid import Grid, PointList
 from .core.measurements import Measurement
 from .errors import UserError
 
@@ -181,15 +181,18 @@ def create_surface(
     path: str,
     *,
     config_json: str,
-    grid: Grid,
+    grid: Grid | PointList,
     measurements: Sequence[Measurement],
     directions: Sequence[Mapping[str, np.ndarray]],
     direction_attrs: Mapping[str, object],
     attrs: Mapping[str, object],
+    trajectory: Mapping[str, object] | None = None,
 ) -> Path:
     """Write a new surface file with nothing computed yet under :func:`temporary_path` and return that
     path; :func:`publish` then puts it in place (an existing file at ``path`` is replaced whole or not
-    at all). ``attrs``: further root attributes (fingerprint, versions). Out of space, it raises
+    at all). ``attrs``: further root attributes (fingerprint, versions); ``direction_attrs``: what the
+    directions' kind records (on ``directions`` and on each axis); ``trajectory``: the checkpoints'
+    projections (``x``, ``y``, ``names``, ``explained_variance_ratio``). Out of space, it raises
     :class:`UserError` and leaves nothing behind."""
     temporary = temporary_path(path)
     try:
@@ -206,19 +209,35 @@ def create_surface(
             for key, value in attrs.items():
                 f.attrs[key] = value
             f.attrs["measurements"] = declared.to_json(measurements)
-            f.create_dataset("xcoordinates", data=grid.x.coordinates)
-            if grid.y is not None:
-                f.create_dataset("ycoordinates", data=grid.y.coordinates)
+            if isinstance(grid, PointList):
+                f.attrs["layout"] = "points"
+                f.create_dataset("xcoordinates", data=grid.parameter)
+                f.create_dataset("points", data=grid.coordinates)
+                if grid.curve is not None:
+                    f.create_dataset("curve", data=grid.curve)
+            else:
+                f.attrs["layout"] = "grid"
+                f.create_dataset("xcoordinates", data=grid.x.coordinates)
+                if grid.y is not None:
+                    f.create_dataset("ycoordinates", data=grid.y.coordinates)
             for m in measurements:
                 _filled(f, m.name, grid.shape + tuple(m.shape), np.dtype(m.dtype), _unset(m.dtype))
             _filled(f, "done", grid.shape, np.dtype(np.uint8), 0)
             group = f.create_group("directions")
+            for key, value in direction_attrs.items():
+                group.attrs[key] = value
             for axis, direction in zip(DIRECTION_AXES, directions):
                 sub = group.create_group(axis)
                 for key, value in direction_attrs.items():
                     sub.attrs[key] = value
                 for name, array in direction.items():
                     sub.create_dataset(name, data=np.asarray(array))
+            if trajectory is not None:
+                track = f.create_group("trajectory")
+                track.create_dataset("x", data=np.asarray(trajectory["x"], dtype=np.float64))
+                track.create_dataset("y", data=np.asarray(trajectory["y"], dtype=np.float64))
+                track.create_dataset("names", data=[str(n).encode() for n in trajectory["names"]])
+                track.attrs["explained_variance_ratio"] = np.asarray(trajectory["explained_variance_ratio"])
             _filled(f, "timings", (grid.size,), TIMING_DTYPE, np.zeros((), TIMING_DTYPE))
             empty_run = np.zeros((), RUN_DTYPE)
             empty_run["index"] = -1
@@ -294,7 +313,7 @@ def read_directions(f: h5py.File) -> list[dict[str, np.ndarray]]:
     for axis in DIRECTION_AXES:
         if axis in f["directions"]:
             group = f["directions"][axis]
-            result.append({name: group[name][()] for name in group})
+            result.append({name: np.asarray(group[name][()]) for name in group})  # (0-d ones too)
     return result
 
 
@@ -461,6 +480,10 @@ class SurfaceData:
     timings: np.ndarray
     runs: np.ndarray
     point_runs: np.ndarray | None = None
+    points: np.ndarray | None = None  # (n, ndim) offsets where the surface is a list of points
+    curve: np.ndarray | None = None  # which curve each point is on (a Bézier curve: 0; its straight line: 1)
+    frame: dict = field(default_factory=dict)  # what the directions' kind recorded (kind, sources, markers)
+    trajectory: dict | None = None  # the checkpoints' projections, for a trajectory's surface
 
     @property
     def status(self) -> str:
@@ -490,7 +513,33 @@ def read_surface(path: str) -> SurfaceData:
             timings=timings,
             runs=_run_records(f["runs"][()]),
             point_runs=point_runs,
+            points=f["points"][()] if "points" in f else None,
+            curve=f["curve"][()] if "curve" in f else None,
+            frame=read_frame(f),
+            trajectory=_trajectory(f),
         )
+
+
+def read_frame(f: h5py.File) -> dict:
+    """What the directions' kind recorded: kind, sources and markers (decoded), and the rest."""
+    attrs = {key: _plain(value) for key, value in f["directions"].attrs.items()} if "directions" in f else {}
+    if "x" in f.get("directions", {}) and "kind" not in attrs:  # files from before: on each axis
+        attrs.update({key: _plain(value) for key, value in f["directions"]["x"].attrs.items()})
+    for key in ("sources", "markers"):
+        attrs[key] = json.loads(attrs[key]) if isinstance(attrs.get(key), str) else []
+    return attrs
+
+
+def _trajectory(f: h5py.File) -> dict | None:
+    if "trajectory" not in f:
+        return None
+    group = f["trajectory"]
+    return {
+        "x": group["x"][()],
+        "y": group["y"][()],
+        "names": [_plain(n) for n in group["names"][()]],
+        "explained_variance_ratio": np.asarray(group.attrs["explained_variance_ratio"]),
+    }
 
 
 def _chunk_records(records: np.ndarray, per_point: bool) -> tuple[np.ndarray, np.ndarray | None]:

@@ -86,3 +86,25 @@ def make_directions(
     generator = torch.Generator().manual_seed(seed)
     cpu_base = {name: t.detach().cpu() for name, t in base.items()}
     return [normalize_direction(random_direction(cpu_base, generator), cpu_base, norm, ignore) for _ in range(count)]
+
+
+def difference(base: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> Direction:
+    """``target − base`` for every tensor of ``base`` (zero for integer tensors): the direction from one
+    model to another, not normalised (the paper's ``--model_file2``). Float64 arithmetic, stored in each
+    tensor's own dtype."""
+    direction = {}
+    for name, tensor in base.items():
+        other = target[name]
+        if is_movable(tensor):
+            direction[name] = (other.detach().double() - tensor.detach().double()).to(tensor.dtype).cpu()
+        else:
+            direction[name] = torch.zeros(tuple(tensor.shape), dtype=tensor.dtype)
+    return direction
+
+
+def restrict(direction: Direction, keep) -> Direction:
+    """``direction`` with every tensor whose name ``keep(name)`` rejects set to zero (in place)."""
+    for name, tensor in direction.items():
+        if not keep(name):
+            tensor.zero_()
+    return direction

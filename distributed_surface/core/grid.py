@@ -1,7 +1,9 @@
-"""The grid of offsets (a, b) and its division into chunks, the engine's unit of work.
+"""The points of a surface and their division into chunks, the engine's unit of work.
 
-Points are numbered by a flat index in row-major order: index ``k`` is ``(i, j) = divmod(k, ny)``,
-the point ``(xcoordinates[i], ycoordinates[j])``. A 1D grid has ``ny = 1`` and no y axis.
+A :class:`Grid` is a 1D or 2D grid of offsets (a, b): points are numbered by a flat index in row-major
+order, index ``k`` is ``(i, j) = divmod(k, ny)``, the point ``(xcoordinates[i], ycoordinates[j])``; a
+1D grid has ``ny = 1`` and no y axis. A :class:`PointList` is any list of offsets (a curve through the
+plane, a user's file of points), numbered in its order. Both give the offsets of points by index.
 """
 
 from __future__ import annotations
@@ -80,6 +82,54 @@ class Grid:
             return self.x.coordinates[indices][:, None]
         i, j = np.divmod(indices, self.y.num)
         return np.stack([self.x.coordinates[i], self.y.coordinates[j]], axis=1)
+
+
+class PointList:
+    """Explicit points: ``coordinates`` (n, ndim) offsets along the ndim directions; ``parameter`` (n,)
+    what each point is drawn against (the curve's t, or the point's number); ``curve`` (n,) small
+    integers that tell several curves apart (None: one)."""
+
+    def __init__(self, coordinates, parameter=None, curve=None):
+        coordinates = np.asarray(coordinates, dtype=np.float64)
+        if coordinates.ndim != 2 or coordinates.shape[1] not in (1, 2) or len(coordinates) == 0:
+            raise ValueError(f"points must be a non-empty (n, 1) or (n, 2) array of offsets, got shape {coordinates.shape}")
+        if not np.all(np.isfinite(coordinates)):
+            raise ValueError("points must be finite numbers")
+        self.coordinates = coordinates
+        self.parameter = np.arange(len(coordinates), dtype=np.float64) if parameter is None else np.asarray(parameter, np.float64)
+        self.curve = None if curve is None else np.asarray(curve, dtype=np.int8)
+        if self.parameter.shape != (len(coordinates),) or (self.curve is not None and self.curve.shape != (len(coordinates),)):
+            raise ValueError("a point list's parameter and curve need one value a point")
+
+    @property
+    def ndim(self) -> int:
+        return self.coordinates.shape[1]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.coordinates),)
+
+    @property
+    def size(self) -> int:
+        return len(self.coordinates)
+
+    def offsets(self, indices: np.ndarray) -> np.ndarray:
+        return self.coordinates[np.asarray(indices, dtype=np.int64)]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PointList) and np.array_equal(self.coordinates, other.coordinates)
+
+    __hash__ = None
+
+
+def bezier_points(t: np.ndarray) -> PointList:
+    """The quadratic Bézier curve θ(t) = (1−t)²θ0 + 2t(1−t)θM + t²θB at ``t`` and, for comparison, the
+    straight line θ0 + t(θB − θ0), as offsets along d1 = θM − θ0 and d2 = θ0 − 2θM + θB: the curve is
+    at (2t, t²), the line at (2t, t). Curve 0 is the Bézier curve, curve 1 the line."""
+    t = np.asarray(t, dtype=np.float64)
+    curve = np.stack([2 * t, t**2], axis=1)
+    line = np.stack([2 * t, t], axis=1)
+    return PointList(np.concatenate([curve, line]), np.concatenate([t, t]), np.repeat([0, 1], len(t)))
 
 
 def chunk_bounds(size: int, chunk_size: int) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..core.grid import Grid
+from ..core.grid import Grid, PointList
 
 Evaluate = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -30,6 +30,7 @@ class Setup:
 
     done: np.ndarray
     start: float
+    grid: Grid | PointList  # the points: ``grid.offsets(indices)`` are what a worker evaluates
     path: str  # the file the run writes
     replaces: str | None = None  # the file it replaces once it holds a chunk (--overwrite), if any
     created: bool = False  # whether this run made the file (it may then remove it, where it fails at once)
@@ -37,7 +38,7 @@ class Setup:
     local: object = None
 
     def for_others(self) -> "Setup":
-        return Setup(self.done, self.start, self.path, self.replaces, self.created, self.shared)
+        return Setup(self.done, self.start, self.grid, self.path, self.replaces, self.created, self.shared)
 
 
 @dataclass
@@ -59,8 +60,6 @@ class Job(Protocol):
     ``worker(setup, local_rank, root)`` runs on every rank that evaluates (rank 0 included, where it
     works), after ``prepare``; on rank 0 it may reuse what ``prepare`` loaded. ``close()`` runs on rank
     0 once the file is closed, however the run ended (it gives back what ``prepare`` took: the lock)."""
-
-    grid: Grid
 
     def prepare(self, local_rank: int = 0) -> Setup: ...
 

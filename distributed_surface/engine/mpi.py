@@ -148,7 +148,7 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
 
     def work():
-        _work(comm, worker, job, recorder if mode == "mpio" else None, stop)
+        _work(comm, worker, setup.grid, recorder if mode == "mpio" else None, stop)
 
     outcome = {"finished": 0, "failure": None}
     if rank == 0:
@@ -253,11 +253,11 @@ def _coordinate(comm: MPI.Comm, chunks, workers: int, recorder, gather_recorder,
     return finished, failure
 
 
-def _work(comm: MPI.Comm, worker, job: Job, recorder, stop: StopRequest) -> None:
+def _work(comm: MPI.Comm, worker, grid, recorder, stop: StopRequest) -> None:
     """Ask for chunks until told to stop; evaluate each, write it (mpio) or send it to rank 0. A stop
     request, or the message of a batch the job's evaluation failed on, goes to the coordinator with the
     next request."""
-    rank, grid = comm.Get_rank(), job.grid
+    rank = comm.Get_rank()
     report, failure = None, None
     while True:
         comm.send((report, stop.requested, failure), dest=0, tag=TAG_REQUEST)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.grid import Grid, default_chunk_size, pending_chunks
+from ..core.grid import Grid, PointList, default_chunk_size, pending_chunks
 from ..storage import RunRecorder
 from .job import Evaluate, Job
 from .progress import Progress
@@ -26,7 +26,7 @@ class ChunkResult:
     timing: dict[str, object]
 
 
-def evaluate_chunk(evaluate: Evaluate, grid: Grid, indices: np.ndarray, *, rank: int, device: str) -> ChunkResult:
+def evaluate_chunk(evaluate: Evaluate, grid: Grid | PointList, indices: np.ndarray, *, rank: int, device: str) -> ChunkResult:
     """Evaluate the points ``indices`` of ``grid`` and time it."""
     start = time.time()
     values = evaluate(grid.offsets(indices))
@@ -44,14 +44,14 @@ def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True
     setup = job.prepare(local_rank=0)
     try:
         worker = job.worker(setup, local_rank=0, root=True)
-        chunks = pending_chunks(setup.done, chunk_size or default_chunk_size(job.grid.size))
+        chunks = pending_chunks(setup.done, chunk_size or default_chunk_size(setup.grid.size))
         recorder = RunRecorder.begin(setup.path, ranks=1, mode="serial", start=setup.start, publish_to=setup.replaces)
         if progress and chunks and worker.plan:
             print(f"dsurf: {worker.plan}", file=sys.stderr)
         bar = Progress(total=int(setup.done.size), initial=int(np.count_nonzero(setup.done)), enabled=progress)
         status = "interrupted"  # where a KeyboardInterrupt or a SystemExit ends it
         try:
-            complete = compute_chunks(worker.evaluate, job.grid, chunks, recorder, device=worker.device, progress=bar, stop=stop)
+            complete = compute_chunks(worker.evaluate, setup.grid, chunks, recorder, device=worker.device, progress=bar, stop=stop)
             status = "complete" if complete else "interrupted"
         except Exception:
             status = "failed"
@@ -66,7 +66,7 @@ def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True
 
 def compute_chunks(
     evaluate: Evaluate,
-    grid: Grid,
+    grid: Grid | PointList,
     chunks: Sequence[np.ndarray],
     recorder: RunRecorder,
     *,
