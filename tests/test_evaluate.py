@@ -172,6 +172,13 @@ def test_scalar_mean_loss_counts_like_per_sample_loss(tiny):
     )
 
 
+def test_accuracy_is_nan_where_the_loss_is_not_finite(tiny):
+    ev, *_ = evaluator_for(tiny)
+    got = ev.evaluate(np.array([[0.0, 0.0], [1e38, 1e38]]))
+    assert np.isfinite(got["train_acc"][0]) and not np.isfinite(got["train_loss"][1])
+    assert np.isnan(got["train_acc"][1])
+
+
 def test_wrong_number_of_offsets_rejected(tiny):
     ev, *_ = evaluator_for(tiny, ndirs=2)
     with pytest.raises(ValueError, match="2 directions"):

@@ -204,9 +204,12 @@ class SurfaceEvaluator:
             # One host synchronisation per split and call, not per batch or per point.
             loss_sums, hits = sums.totals(split, len(offsets), self.device)
             loss_count, label_count = self._counts[split]
-            results[measurement_name(split, "loss")] = loss_sums / loss_count
+            loss = loss_sums / loss_count
+            results[measurement_name(split, "loss")] = loss
             if self._accuracy[split]:
-                results[measurement_name(split, "acc")] = 100.0 * hits.astype(np.float64) / label_count
+                # where the loss is not finite the outputs are not numbers either: their argmax means nothing
+                acc = 100.0 * hits.astype(np.float64) / label_count
+                results[measurement_name(split, "acc")] = np.where(np.isfinite(loss), acc, np.nan)
         return results
 
     def _evaluate_vmap(self, offsets: np.ndarray, sums) -> None:

@@ -57,13 +57,20 @@ def trajectory_pca(
     if not names:
         raise ValueError("no tensor moves: nothing to find directions in")
 
+    buffer = torch.empty(n, min(block, max(base[name].numel() for name in names)), dtype=torch.float64)
+
     def blocks():
+        """(name, start, stop, offsets (n, stop − start)): every moving tensor, a block at a time, in one
+        reused buffer (each checkpoint's numbers copied straight into it)."""
         for name in names:
             flat = base[name].detach().reshape(-1)
             for start in range(0, flat.numel(), block):
                 stop = min(start + block, flat.numel())
-                x = torch.stack([c[name].detach().reshape(-1)[start:stop].double() for c in checkpoints])
-                yield name, start, stop, x - flat[start:stop].double()
+                x = buffer[:, : stop - start]
+                for row, checkpoint in zip(x, checkpoints):
+                    row.copy_(checkpoint[name].detach().reshape(-1)[start:stop])
+                x -= flat[start:stop].double()
+                yield name, start, stop, x
 
     gram = torch.zeros(n, n, dtype=torch.float64)
     for _, _, _, x in blocks():
