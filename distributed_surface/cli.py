@@ -45,6 +45,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--points", metavar="FILE.csv", help="evaluate these offsets (one or two columns a row) instead of a grid")
     add("--auto-rise", dest="auto_rise", type=float, metavar="FACTOR",
         help="with --x auto / --y auto on random directions: out until the loss is FACTOR times θ0's (default 5)")  # fmt: skip
+    add("--measure", choices=("loss", "hessian"),
+        help="what each point measures: loss (default: loss and accuracy), or hessian (also the Hessian's extreme eigenvalues)")  # fmt: skip
+    add("--hessian-samples", dest="hessian_samples", type=int, metavar="N", help="the Hessian over the first N train samples (default all)")
+    add("--hessian-params", dest="hessian_params", choices=("weights", "all"),
+        help="the Hessian over the parameters with more than one dimension (weights, default) or all")  # fmt: skip
+    add("--hessian-tol", dest="hessian_tol", type=float, metavar="TOL", help="relative accuracy of each eigenvalue (default 1e-3)")
     add("--params", metavar="REGEX", help="only parameters whose names match move (re.search); the rest stay at θ0")
     add("--seed", type=int, help="seed of the random directions (default 0)")
     add("--batch-size", dest="batch_size", type=int, help="samples per forward pass (default: from the free device memory)")
@@ -72,7 +78,9 @@ RUN_SETTINGS = (
     "batch_size", "max_samples", "max_test_samples", "device", "chunk_size", "rank0", "out",
     "precision", "points_per_pass", "vmap", "compile", "channels_last",
     "to", "plane", "bend", "trajectory", "directions", "points", "params", "auto_rise",
+    "measure", "hessian_samples", "hessian_params", "hessian_tol",
 )  # fmt: skip
+HESSIAN_SETTINGS = ("top_k", "trace_probes", "density_probes", "lanczos_steps")
 
 
 def _on_off(text: str, auto: bool = False) -> bool | str:
@@ -123,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--kind", default="loss", metavar="NAME",
                         help="vtp/vts: the measurement that is the height z: loss (default), acc (the train split's), "
                         "or a name such as test_loss; every measurement is a point array, and csv holds all")  # fmt: skip
+    hessian = commands.add_parser("hessian", help="the Hessian spectrum at θ0: top eigenvalues, trace, density")
+    _add_run_flags(hessian)
+    add = hessian.add_argument
+    add("--top-k", dest="top_k", type=int, metavar="K", help="eigenpairs at the top of the spectrum (default 5)")
+    add("--trace-probes", dest="trace_probes", type=int, metavar="N", help="Hutchinson's probe vectors for the trace (default 64)")
+    add("--density-probes", dest="density_probes", type=int, metavar="N", help="random vectors of the density (default 4)")
+    add("--lanczos-steps", dest="lanczos_steps", type=int, metavar="N", help="Lanczos steps of each (default 60)")
     sbatch = commands.add_parser("sbatch", help="write a SLURM batch script for a run and submit it (or print it)")
     _add_run_flags(sbatch)
     _add_sbatch_flags(sbatch)
@@ -152,8 +167,35 @@ def run_config(args: argparse.Namespace):
     from .config import RunConfig, load_toml
 
     values = load_toml(args.config_file) if args.config_file else {}
-    values.update({name: getattr(args, name) for name in RUN_SETTINGS if getattr(args, name) is not None})
+    names = RUN_SETTINGS + (HESSIAN_SETTINGS if args.command == "hessian" else ())
+    values.update({name: getattr(args, name) for name in names if getattr(args, name, None) is not None})
     return RunConfig.build(**values)
+
+
+def command_hessian(args: argparse.Namespace) -> int:
+    from .engine.launcher import rank, world_size
+
+    if args.resume:
+        raise UserError("dsurf hessian has no --resume: a spectrum is computed whole")
+    if args.out is None and not args.config_file:
+        args.out = "hessian.h5"
+    config = run_config(args)
+    if world_size() > 1:
+        from .engine.mpi import World
+
+        world = World()
+    else:
+        from .engine.job import LocalWorld
+
+        world = LocalWorld()
+    from .spectrum import compute_spectrum  # torch: only once the settings are known to be good
+
+    written = compute_spectrum(config, world, overwrite=args.overwrite, progress=not args.no_progress)
+    if rank() == 0 and written:
+        print(f"{written}: Hessian spectrum", file=sys.stderr)
+        if not args.no_plot:
+            _plot_if_possible(written, None)
+    return 0
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -260,6 +302,7 @@ def command_sbatch(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": command_run, "info": command_info, "plot": command_plot, "export": command_export, "sbatch": command_sbatch,
+    "hessian": command_hessian,
 }  # fmt: skip
 
 

@@ -35,11 +35,16 @@ LINE_AXIS, PLANE_AXIS, BEZIER_AXIS = "-0.5:1.5:41", "-0.5:1.5:25", "0:1:41"
 # compared by content (their sha256 is in the file).
 SURFACE_FIELDS = (
     "model", "data", "test_data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed", "max_samples",
-    "max_test_samples", "precision", "kind", "params",
+    "max_test_samples", "precision", "kind", "params", "measure", "hessian_samples", "hessian_params",
 )  # fmt: skip
 
 # Where the directions come from (see kinds.py): random normal directions, or checkpoints and files.
-KINDS = ("random_normal", "interpolate", "plane", "bezier", "pca", "file")
+KINDS = ("random_normal", "interpolate", "plane", "bezier", "pca", "file", "hessian")
+# What is measured at every point: the loss (and accuracy) of each split, or also the Hessian's extreme
+# eigenvalues (of the train split's loss).
+MEASURES = ("loss", "hessian")
+# Which parameters the Hessian is taken over: those with more than one dimension (the paper's), or all.
+HESSIAN_PARAMS = ("weights", "all")
 # Kinds whose directions are not drawn and normalised: --norm and --seed would be ignored (and --ignore,
 # but for PCA, which zeroes the 1-D offsets under biasbn as the paper's code does).
 UNNORMALISED_KINDS = {"interpolate": ("norm", "seed", "ignore"), "plane": ("norm", "seed", "ignore"),
@@ -87,6 +92,15 @@ class RunConfig:
     points: str | None = None  # a CSV file of (a) or (a, b) offsets, evaluated instead of a grid
     params: str | None = None  # a regular expression: only the tensors whose names match move
     auto_rise: float = 5.0  # --x auto: out along a direction until the loss is this many times θ0's
+    # Curvature (hessian.py): what a point measures, and how the Hessian is taken and summarised.
+    measure: str = "loss"
+    hessian_samples: int | None = None  # the first N samples of the train split (None: all)
+    hessian_params: str = "weights"
+    hessian_tol: float = 1e-3  # ARPACK's relative accuracy of each eigenvalue
+    top_k: int = 5  # dsurf hessian: eigenpairs at the top
+    trace_probes: int = 64  # dsurf hessian: Hutchinson's Rademacher vectors
+    density_probes: int = 4  # dsurf hessian: stochastic Lanczos quadrature's random vectors
+    lanczos_steps: int = 60  # dsurf hessian: Lanczos steps of each of them
 
     @classmethod
     def build(cls, **values) -> "RunConfig":
@@ -176,6 +190,16 @@ class RunConfig:
             raise UserError(f"{chosen[0]} and {chosen[1]} each choose the directions: give one of them")
         if self.bend is not None and self.to is None:
             raise UserError("--bend M.pt draws the curve from θ0 through M to a checkpoint B: add --to B.pt")
+        _choice("measure", self.measure, MEASURES)
+        _choice("hessian-params", self.hessian_params, HESSIAN_PARAMS)
+        for name in ("hessian_samples", "top_k", "trace_probes", "density_probes", "lanczos_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+        if self.trace_probes < 2:
+            raise UserError("--trace-probes must be at least 2 (its standard error needs two)")
+        if isinstance(self.hessian_tol, bool) or not isinstance(self.hessian_tol, (int, float)) or not 0 < self.hessian_tol < 1:
+            raise UserError(f"--hessian-tol must be a number between 0 and 1, got {self.hessian_tol!r}")
         if isinstance(self.auto_rise, bool) or not isinstance(self.auto_rise, (int, float)) or not self.auto_rise > 1:
             raise UserError(f"--auto-rise must be a number above 1, got {self.auto_rise!r}")
         if self.params is not None:
@@ -211,6 +235,8 @@ class RunConfig:
             return "plane"
         if self.trajectory is not None:
             return "pca"
+        if self.directions == "hessian":
+            return "hessian"
         if self.directions is not None:
             return "file"
         return "random_normal"
@@ -219,7 +245,7 @@ class RunConfig:
     def kind_flag(self) -> str:
         """The flag that chose the kind, for messages."""
         return {"bezier": "--bend", "interpolate": "--to", "plane": "--plane", "pca": "--trajectory",
-                "file": "--directions", "random_normal": "random"}[self.kind]  # fmt: skip
+                "file": "--directions", "hessian": "--directions hessian", "random_normal": "random"}[self.kind]  # fmt: skip
 
     @property
     def grid(self) -> Grid:

@@ -20,8 +20,34 @@ def effective_status(data: SurfaceData) -> str:
     return data.status
 
 
+def describe_spectrum(path: str) -> str:
+    """A Hessian spectrum file, as text."""
+    from .storage import read_spectrum
+
+    spectrum = read_spectrum(path)
+    attrs = spectrum.attrs
+    lines = [
+        f"file:       {path}",
+        f"Hessian of the mean loss over {attrs.get('targets')} targets, {attrs.get('parameters')} parameters "
+        f"({attrs.get('hessian_params')}), {attrs.get('ranks')} rank(s), {attrs.get('products')} products, "
+        f"{float(attrs.get('seconds', 0)):.1f} s",
+        "top eigenvalues: " + ", ".join(f"{v:.6g}" for v in spectrum.eigenvalues),
+        f"smallest:   {spectrum.min_eigenvalue:.6g}",
+        f"trace:      {spectrum.trace:.6g} ± {spectrum.trace_stderr:.3g} (Hutchinson's standard error)",
+        f"density:    {len(spectrum.density_grid)} points from {spectrum.density_grid[0]:.4g} to {spectrum.density_grid[-1]:.4g}",
+        f"created:    {attrs.get('created')}",
+        "config:",
+    ]
+    lines += [f"  {key} = {value!r}" for key, value in sorted(spectrum.config.items())]
+    return "\n".join(lines)
+
+
 def describe_surface(path: str) -> str:
     """A human-readable summary: status, progress, grid, config, runs and timings per rank."""
+    from .storage import is_spectrum
+
+    if is_spectrum(path):
+        return describe_spectrum(path)
     data = read_surface(path)
     done, total = data.progress
     owner = holder(path) if data.status == "running" else None

@@ -52,8 +52,9 @@ class Frame:
     trajectory: dict | None = None
 
 
-def make_frame(config: RunConfig, model: nn.Module) -> Frame:
-    """The directions and points of ``config`` for ``model`` (which holds θ0)."""
+def make_frame(config: RunConfig, model: nn.Module, *, problem=None, device=None) -> Frame:
+    """The directions and points of ``config`` for ``model`` (which holds θ0); the Hessian's
+    eigenvectors need the whole ``problem`` (and the ``device`` to compute them on)."""
     base = base_tensors(model, config.dir_type)
     kind = config.kind
     sources, markers, trajectory = [], [], None
@@ -86,6 +87,10 @@ def make_frame(config: RunConfig, model: nn.Module) -> Frame:
     elif kind == "pca":
         directions, trajectory, sources = _trajectory(config, model, base)
         markers = [{"label": "θ0", "at": [0.0, 0.0]}]
+    elif kind == "hessian":
+        from .spectrum import hessian_directions
+
+        directions = hessian_directions(config, problem, device)
     else:
         directions = read_direction_file(config.directions, base)
         sources.append(_source("directions", config.directions))
@@ -93,8 +98,10 @@ def make_frame(config: RunConfig, model: nn.Module) -> Frame:
         directions = restrict_to(directions, base, config.params)
     layout = make_layout(config, len(directions))
     attrs = {"kind": kind, "dir_type": config.dir_type, "sources": json.dumps(sources), "markers": json.dumps(markers)}
-    if kind == "random_normal":
+    if kind in ("random_normal", "hessian"):
         attrs.update(norm=config.norm, ignore=config.ignore, seed=config.seed)
+    if kind == "hessian":
+        attrs.update(hessian_params=config.hessian_params, hessian_samples=config.hessian_samples or 0)
     if kind == "pca":
         attrs["ignore"] = config.ignore
         attrs["explained_variance_ratio"] = trajectory["explained_variance_ratio"]

@@ -69,3 +69,17 @@ def check_grid_fits(config: RunConfig) -> None:
         check_space(config.out, surface_bytes(points, [Measurement("loss")]), replacing=Path(config.out).exists())
     except UserError as exc:
         raise UserError(f"the grid's {points:,} points: {exc}") from None
+
+
+def check_spectrum_output(config: RunConfig, *, overwrite: bool) -> None:
+    """``dsurf hessian``'s output may be written: an existing file only with ``--overwrite``, and only
+    where it is a spectrum file."""
+    check_writable(config.out)
+    if not Path(config.out).exists():
+        return
+    if not overwrite:
+        raise UserError(f"{config.out!r} exists: pass --overwrite to replace it")
+    from .storage import is_spectrum
+
+    if not is_spectrum(config.out):
+        raise UserError(f"--overwrite refuses to replace {config.out!r}: it is not a Hessian spectrum file")

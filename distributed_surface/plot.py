@@ -33,6 +33,7 @@ from .storage import SurfaceData
 # kind -> the part of the file name that says what it is
 KINDS_2D = {
     "contour": "2d_contour", "contourf": "2d_contourf", "heatmap": "2d_heatmap", "surface": "3d_surface", "gap": "2d_gap",
+    "curvature": "2d_curvature",
 }  # fmt: skip
 KINDS_1D = {"curve": "1d"}
 KINDS_POINTS = {"points": "points"}  # a list of points in a plane (--points with two columns)
@@ -75,12 +76,21 @@ def plot_surface(
     fmt = _check_format(fmt)
     wanted = _parse_kinds(kinds)
     _check_range(vmin, vmax, levels, log)
+    from .storage import is_spectrum
+
+    if is_spectrum(path):
+        target = Path(out_dir) if out_dir else default_out_dir(path)
+        target.mkdir(parents=True, exist_ok=True)
+        return [_save(_spectrum(path), target / f"{Path(path).stem}_density.{fmt}")]
     data = read_any_surface(path)
     scattered = data.points is not None and data.points.shape[1] == 2 and data.curve is None
     fits = KINDS_POINTS if scattered else KINDS_1D if data.y is None else KINDS_2D
     gaps = _gap_quantities(data)
+    curved = all(measurement_name(TRAIN, q) in data.metrics for q in ("hess_max", "hess_min"))
     if wanted is None:
-        wanted = [kind for kind in fits if kind != "gap" or gaps]
+        wanted = [kind for kind in fits if (kind != "gap" or gaps) and (kind != "curvature" or curved)]
+    if "curvature" in wanted and not curved:
+        raise UserError(f"--kind curvature: {path!r} holds no Hessian eigenvalues (dsurf run --measure hessian)")
     misfit = [kind for kind in wanted if kind not in fits]
     if misfit:
         dims = "points" if scattered else "1D" if data.y is None else "2D"
@@ -114,6 +124,9 @@ def plot_surface(
         if kind == "gap":
             for quantity in gaps:
                 written.append(_save(_gap(data, quantity), target / f"{stem}_{KINDS_2D[kind]}_{quantity}.{fmt}"))
+            continue
+        if kind == "curvature":
+            written.append(_save(_convexity(data), target / f"{stem}_{KINDS_2D[kind]}.{fmt}"))
             continue
         for metric in _metrics(data):
             suffix = "_log" if log and _is_loss(metric) else ""
@@ -229,8 +242,12 @@ def _is_loss(metric: str) -> bool:
 
 
 def _metrics(data: SurfaceData) -> list[str]:
-    """The measurements with one value per point, in display order."""
-    return ordered(name for name, values in data.metrics.items() if np.shape(values) == data.done.shape)
+    """The measurements drawn: floating values, one per point, in display order (counts such as the
+    Hessian's products are left out)."""
+    return ordered(
+        name for name, values in data.metrics.items()
+        if np.shape(values) == data.done.shape and np.asarray(values).dtype.kind == "f"
+    )  # fmt: skip
 
 
 def _gap_quantities(data: SurfaceData) -> list[str]:
@@ -529,6 +546,49 @@ def _gap(data: SurfaceData, quantity: str) -> Figure:
         ax.contour(x, y, z, levels=[0.0], colors="black", linewidths=0.8)
     _equal_aspect(ax, data)
     _mark_minimum(ax, data)
+    return fig
+
+
+def _convexity(data: SurfaceData) -> Figure:
+    """The paper's Fig. 7: |λmin / λmax| of the Hessian at every point, near 0 where the surface is
+    convex (λmin ≥ 0, or small next to λmax), towards 1 and above where it curves down as much as up."""
+    top = _masked(data, measurement_name(TRAIN, "hess_max"))
+    bottom = _masked(data, measurement_name(TRAIN, "hess_min"))
+    ratio = np.ma.masked_invalid(np.abs(bottom) / np.abs(top)).T
+    fig = Figure(figsize=(6.0, 5.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(_title(data, "|λmin / λmax| of the Hessian (the paper's Fig. 7)"), fontsize=9)
+    _axes_labels(ax, data)
+    x, y = np.meshgrid(data.x, data.y)
+    high = float(ratio.max()) if ratio.count() else 1.0
+    mesh = ax.pcolormesh(x, y, ratio, cmap=colormaps["viridis"].with_extremes(bad="white"),
+                         norm=colors.Normalize(0.0, max(high, 1e-12)), shading="nearest")  # fmt: skip
+    fig.colorbar(mesh, ax=ax, label="|λmin / λmax|")
+    _equal_aspect(ax, data)
+    _mark_minimum(ax, data)
+    return fig
+
+
+def _spectrum(path: str) -> Figure:
+    """A Hessian spectrum file: the density on a log scale, the top eigenvalues and the smallest marked."""
+    from .storage import read_spectrum
+
+    spectrum = read_spectrum(path)
+    fig = Figure(figsize=(6.8, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    floor = max(float(spectrum.density.max()) * 1e-8, 1e-300)
+    ax.semilogy(spectrum.density_grid, np.maximum(spectrum.density, floor), color="tab:blue", label="density (SLQ)")
+    for k, value in enumerate(spectrum.eigenvalues):
+        ax.axvline(value, color="tab:red", linewidth=0.8, linestyle="--", label="top eigenvalues" if k == 0 else None)
+    ax.axvline(spectrum.min_eigenvalue, color="tab:green", linewidth=0.8, linestyle=":", label="smallest eigenvalue")
+    ax.set_xlabel("eigenvalue of the Hessian of the mean loss")
+    ax.set_ylabel("density (log scale)")
+    config = spectrum.config
+    model = str(config.get("model") or "?").rsplit(":", 1)[-1]
+    ax.set_title(f"Hessian spectrum: {model}, {spectrum.attrs.get('targets')} targets, {spectrum.attrs.get('parameters')} parameters\n"
+                 f"λmax {spectrum.eigenvalues[0]:.4g}, λmin {spectrum.min_eigenvalue:.4g}, trace {spectrum.trace:.4g} ± {spectrum.trace_stderr:.2g}",
+                 fontsize=9)  # fmt: skip
+    ax.legend(fontsize=8)
     return fig
 
 

@@ -20,6 +20,7 @@ import torch
 from .config import RunConfig
 from .core.directions import Direction
 from .core.grid import Grid, PointList
+from .core.curvature import CurvatureEvaluator
 from .core.evaluate import BatchError, SurfaceEvaluator
 from .core.measurements import TEST, TRAIN, Measurement
 from .engine.job import Setup, Worker
@@ -103,7 +104,7 @@ class SurfaceJob:
                 check_sources(config, read_frame(f))
                 layout = stored_layout(config, f)
         else:
-            frame = make_frame(config, problem.model)
+            frame = make_frame(config, problem.model, problem=problem, device=device)
             directions, layout = frame.directions, frame.layout
         evaluator = make_evaluator(config, problem, device, directions)
         if config.auto_axes and not resuming:
@@ -220,11 +221,11 @@ def check_fingerprint(path: str, expected: dict[str, object]) -> None:
                 raise UserError(f"--resume: {_fingerprint_what(key)} differ from those {path!r} was computed with")
 
 
-def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, directions) -> SurfaceEvaluator:
+def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, directions) -> SurfaceEvaluator | CurvatureEvaluator:
     if device.type == "cpu":
         keep_freed_host_memory()
     try:
-        return SurfaceEvaluator(
+        evaluator = SurfaceEvaluator(
             problem.model,
             directions,
             problem.splits,
@@ -238,6 +239,10 @@ def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, di
             compile=config.compile,
             channels_last=None if config.channels_last == "auto" else config.channels_last,
         )
+        if config.measure == "hessian":
+            evaluator = CurvatureEvaluator(evaluator, samples=config.hessian_samples, params=config.hessian_params,
+                                           tol=config.hessian_tol, seed=config.seed)  # fmt: skip
+        return evaluator
     except ValueError as exc:  # the evaluator's checks of the data and directions
         raise UserError(str(exc)) from None
 

@@ -162,6 +162,19 @@ class SurfaceEvaluator:
     def split_sizes(self) -> dict[str, int]:
         return {split: len(batches) for split, batches in self._data.items()}
 
+    def point(self, offset: np.ndarray) -> dict[str, torch.Tensor]:
+        """The moving tensors' values at ``offset`` (θ0 + Σ offset_j·d_j), as new tensors."""
+        stacked = self._weights.stacked(np.asarray(offset, dtype=np.float64)[None])
+        return {name: tensor[0] for name, tensor in stacked.items()}
+
+    def train_batches(self, samples: int | None = None) -> list[tuple[Inputs, torch.Tensor]]:
+        """The first split's first ``samples`` samples (None: all), in batches of the plan's size, on the
+        device."""
+        batches = self._data[self.splits[0]]
+        limit = len(batches) if samples is None else min(samples, len(batches))
+        size = self.plan.batch_size if self._batch_size else even_batch(limit, self.plan.batch_size)
+        return [(x, y) for _, x, y in batches(size, limit=limit)]
+
     @property
     def plan(self) -> Plan:
         """How this evaluator runs; decided (with ``vmap="tune"``: timed) at the first use."""

@@ -66,3 +66,17 @@ class Job(Protocol):
     def worker(self, setup: Setup, *, local_rank: int, root: bool) -> Worker: ...
 
     def close(self) -> None: ...
+
+
+class LocalWorld:
+    """One process alone: what :class:`~.mpi.World` is for computations that every rank runs in step
+    (``dsurf hessian``), for a run without MPI."""
+
+    rank, size, local_rank = 0, 1, 0
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def verdict(self, error: str | None) -> str | None:
+        """The first error of any rank (here: this one's)."""
+        return error

@@ -184,6 +184,26 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
     return status
 
 
+class World:
+    """Every rank of the job, for computations they run in step (``dsurf hessian``: each holds a part of
+    the data, and sums what it computes with the others): this rank, how many, the rank on its node,
+    sums over all ranks, and the first error any rank met."""
+
+    def __init__(self):
+        self.comm = MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        array = np.ascontiguousarray(array)
+        total = np.empty_like(array)
+        self.comm.Allreduce(array, total, op=MPI.SUM)
+        return total
+
+    def verdict(self, error: str | None) -> str | None:
+        return next((e for e in self.comm.allgather(error) if e), None)
+
+
 def _raise_collectively(rank: int, error: str | None) -> None:
     """Every rank leaves on a set-up error; only rank 0 reports it, so it is printed once."""
     if error is None:

@@ -1,0 +1,156 @@
+"""``dsurf hessian``: the Hessian spectrum at θ0, and the Hessian's eigenvectors as directions.
+
+The Hessian is that of the mean loss over the train split's counted targets (the first
+``--hessian-samples``, or ``--max-samples``), with respect to the parameters with more than one
+dimension (``--hessian-params all``: every parameter), in eval mode (:mod:`.core.hessian`). At θ0:
+the top ``--top-k`` eigenpairs and the smallest eigenvalue (ARPACK's Lanczos on Hessian-vector
+products), the trace (Hutchinson, ``--trace-probes`` vectors, with its standard error) and the spectral
+density (stochastic Lanczos quadrature, ``--density-probes`` runs of ``--lanczos-steps``). Under
+``mpirun`` every rank holds a contiguous part of the data and every product is summed over the ranks
+(an ``Allreduce`` of one parameter vector), so all ranks run the same iterations in step; rank 0 writes
+the file.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .core.directions import base_tensors, normalize_direction
+from .core.hessian import (
+    HessianOperator,
+    extreme_eigenpairs,
+    hessian_parameters,
+    hutchinson_trace,
+    spectral_density,
+)
+from .core.measurements import TRAIN
+from .core.samples import to_device
+from .errors import UserError
+from .problem import Problem, check_problem, resolve_device
+
+HESSIAN_BATCH = 256  # samples a batch of Hessian-vector products, where --batch-size does not say
+
+
+def operator_for(config: RunConfig, problem: Problem, device: torch.device, world=None) -> HessianOperator:
+    """H at the model's own weights over this rank's part of the train split's first samples."""
+    samples = problem.splits[TRAIN]
+    if config.hessian_samples is not None:
+        samples = samples.slice(0, min(config.hessian_samples, len(samples)))
+    count = problem.loss.loss_count(samples.targets)
+    rank, size = (world.rank, world.size) if world is not None else (0, 1)
+    share = -(-len(samples) // size)
+    mine = samples.slice(rank * share, min(len(samples), (rank + 1) * share))
+    batch = config.batch_size or HESSIAN_BATCH
+    batches = []
+    for start in range(0, len(mine), batch):
+        part = mine.slice(start, min(start + batch, len(mine)))
+        batches.append((to_device(part.inputs, device), part.targets.to(device)))
+    model = problem.model.to(device).eval()
+    try:
+        names = hessian_parameters(model, config.hessian_params)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    reduce = world.sum if world is not None and world.size > 1 else None
+    return HessianOperator(model, names, batches, problem.loss, count, reduce)
+
+
+def check_twice_differentiable(operator: HessianOperator) -> None:
+    """One Hessian-vector product now, so that a loss or model that cannot be differentiated twice
+    (or not by forward-over-reverse) fails with one line naming the op."""
+    try:
+        product = operator.matvec(np.ones(operator.size) / np.sqrt(operator.size))
+    except Exception as exc:  # noqa: BLE001 - whatever torch.func rejects
+        lines = str(exc).strip().splitlines()
+        raise UserError(
+            f"the loss or the model cannot be differentiated twice (Hessian-vector products): "
+            f"{type(exc).__name__}: {lines[0] if lines else ''}"
+        ) from None
+    if not np.all(np.isfinite(product)):
+        raise UserError("a Hessian-vector product at θ0 is not finite: the loss is not twice differentiable there")
+
+
+def hessian_directions(config: RunConfig, problem: Problem, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """``--directions hessian``: the top two eigenvectors at θ0, as directions over θ0's tensors
+    (zero where the Hessian is not taken), normalised by ``--norm`` as random directions are."""
+    operator = operator_for(config, problem, device)
+    check_twice_differentiable(operator)
+    top = extreme_eigenpairs(operator, k=2, which="LA", tol=config.hessian_tol, seed=config.seed)
+    print(f"dsurf: directions: the Hessian's top eigenvectors at θ0 (eigenvalues {top.values[0]:.6g}, "
+          f"{top.values[1]:.6g}; {top.products} products)", file=sys.stderr)  # fmt: skip
+    base = {name: t.detach().cpu() for name, t in base_tensors(problem.model, config.dir_type).items()}
+    directions = []
+    for vector in top.vectors:
+        pieces = {name: t.cpu() for name, t in operator.split(vector).items()}
+        direction = {name: pieces.get(name, torch.zeros_like(t)).to(t.dtype) for name, t in base.items()}
+        directions.append(normalize_direction(direction, base, config.norm, config.ignore))
+    return directions
+
+
+def compute_spectrum(config: RunConfig, world, *, overwrite: bool = False, progress: bool = True) -> str | None:
+    """Compute and (rank 0) write the spectrum of ``config``'s problem; return the file written."""
+    from .lock import WriterLock
+    from .output import check_spectrum_output
+    from .run import load_problem
+    from .storage import write_spectrum
+
+    error, lock = None, None
+    if world.rank == 0:
+        try:
+            check_spectrum_output(config, overwrite=overwrite)
+            lock = WriterLock(config.out).acquire()
+        except UserError as exc:
+            error = str(exc)
+    error = world.verdict(error)
+    if error:
+        if lock is not None:
+            lock.release()
+        raise UserError(error) if world.rank == 0 else SystemExit(2)
+    try:
+        operator, error = None, None
+        try:
+            device = resolve_device(config.device, world.local_rank)
+            problem = load_problem(config)
+            if world.rank == 0:
+                check_problem(problem, device, config.data_flags)
+            operator = operator_for(config, problem, device, world)
+            if not 1 <= config.top_k < operator.size:
+                raise UserError(f"--top-k must be between 1 and {operator.size - 1} (the Hessian's parameters less one), got {config.top_k}")
+        except UserError as exc:
+            error = str(exc) if world.rank == 0 else f"rank {world.rank}: {exc}"
+        error = world.verdict(error)
+        if error:
+            raise UserError(error) if world.rank == 0 else SystemExit(2)
+        check_twice_differentiable(operator)
+        say = (lambda text: print(f"dsurf: {text}", file=sys.stderr, flush=True)) if world.rank == 0 and progress else (lambda text: None)
+        say(f"Hessian of the mean loss over {operator.count} targets, {operator.size:,} parameters "
+            f"({config.hessian_params}), {world.size} rank(s)")  # fmt: skip
+        started = time.time()
+        top = extreme_eigenpairs(operator, k=config.top_k, which="LA", tol=config.hessian_tol, seed=config.seed)
+        say(f"top {config.top_k} eigenvalues: {', '.join(f'{v:.6g}' for v in top.values)} ({top.products} products)")
+        bottom = extreme_eigenpairs(operator, k=1, which="SA", tol=config.hessian_tol, seed=config.seed + 1)
+        say(f"smallest eigenvalue: {bottom.values[0]:.6g} ({bottom.products} products)")
+        trace, stderr = hutchinson_trace(operator, config.trace_probes, seed=config.seed)
+        say(f"trace: {trace:.6g} ± {stderr:.3g} ({config.trace_probes} probes)")
+        density = spectral_density(operator, config.density_probes, config.lanczos_steps, seed=config.seed)
+        say(f"density: {config.density_probes} Lanczos runs of {config.lanczos_steps} steps ({time.time() - started:.1f} s in all)")
+        if world.rank != 0:
+            return None
+        vectors = {name: np.stack([operator.split(v)[name].cpu().numpy() for v in top.vectors]) for name in operator.names}
+        write_spectrum(
+            config.out, config_json=config.to_json(), eigenvalues=top.values, eigenvectors=vectors,
+            min_eigenvalue=bottom.values[0], trace=trace, trace_stderr=stderr, density_grid=density.grid,
+            density=density.density,
+            attrs={"parameters": operator.size, "targets": operator.count, "ranks": world.size,
+                   "products": operator.products, "seconds": time.time() - started,
+                   "torch_version": str(torch.__version__), "hessian_params": config.hessian_params},
+        )  # fmt: skip
+        return config.out
+    finally:
+        if lock is not None:
+            lock.release()
+
