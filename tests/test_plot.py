@@ -378,7 +378,7 @@ def test_bad_files(dsurf, files, tmp_path):
     [
         ("2d", ["--kind", "curve"], ["curve", "2D"]),
         ("1d", ["--kind", "heatmap"], ["heatmap", "1D"]),
-        ("2d", ["--kind", "contour,bogus"], ["bogus", "contour, contourf, heatmap, surface, gap, curve"]),
+        ("2d", ["--kind", "contour,bogus"], ["bogus", "contour, contourf, heatmap, surface, gap, curvature, curve"]),
         ("2d", ["--format", "jpg"], ["jpg", "png, pdf, svg"]),
         ("2d", ["--vmin", "2", "--vmax", "1"], ["--vmin", "--vmax"]),
         ("2d", ["--levels", "0"], ["--levels"]),

@@ -248,12 +248,18 @@ class ExtremePair:
     products: int
 
 
+# Lanczos steps a run takes at least: a residual is small for some eigenpair of the Krylov space, and
+# the space must be large enough for that to be the extreme one (the warm start's neighbour has rotated).
+MIN_STEPS = 8
+
+
 def extreme_pair(
     operator: HessianOperator, start: np.ndarray | None = None, tol: float = 1e-3, max_steps: int = 200, seed: int = 0
 ) -> ExtremePair:
     """λmax and λmin of H from one Lanczos run (full reorthogonalisation), both ends at once: stopped
-    where each end's Ritz residual β·|s_last| is below ``tol`` × the spectrum's scale (max |θ|), so each
-    eigenvalue is within about ``tol``² × scale² / gap of the truth. From ``start`` (a neighbouring
+    where each end's Ritz residual β·|s_last| is below ``tol`` × the spectrum's scale (max |θ|), after
+    at least ``MIN_STEPS`` steps: each eigenvalue is then within ``tol`` × scale of an eigenvalue of H
+    (and usually within ``tol``² × scale² / gap). From ``start`` (a neighbouring
     point's two eigenvectors, summed) where given: the Krylov space then holds both ends from the
     start, and few steps are needed."""
     v = start if start is not None else np.random.default_rng(seed).standard_normal(operator.size)
@@ -274,7 +280,7 @@ def extreme_pair(
         theta, vectors = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
         scale = max(abs(theta[0]), abs(theta[-1]), 1e-30)
         converged = beta * abs(vectors[-1, -1]) <= tol * scale and beta * abs(vectors[-1, 0]) <= tol * scale
-        if (j >= 1 and converged) or j == steps - 1 or beta < 1e-12 * scale:
+        if (j + 1 >= min(MIN_STEPS, steps) and converged) or j == steps - 1 or beta < 1e-12 * scale:
             break
         betas.append(beta)
         previous, v = v, w / beta
