@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import PeakMemory, command_line, machine, table, wait_for_quiet, write_results  # noqa: E402
+from common import PeakMemory, command_line, machine, samples_of, table, wait_for_quiet, write_results  # noqa: E402
 from models import cifar_like_data, resnet20  # noqa: E402
 
 from distributed_surface.core import Axis, Grid, SurfaceEvaluator, base_tensors, make_directions  # noqa: E402
@@ -85,11 +85,9 @@ PROBLEMS = {
 }
 
 
-def run_problem(name: str, device: torch.device, variants: list[dict], quick: bool) -> list[dict]:
+def run_problem(name: str, device: torch.device, variants: list[dict], samples: int | None) -> list[dict]:
     model_factory, data_factory, xs, ys = PROBLEMS[name]
-    inputs, targets = data_factory()
-    if quick:
-        inputs, targets = inputs[:1000], targets[:1000]
+    inputs, targets = samples_of(data_factory(), samples)
     grid = Grid(Axis.parse(xs), Axis.parse(ys))
     offsets = grid.offsets(np.arange(grid.size))
     model = model_factory().to(device)
@@ -171,6 +169,7 @@ def main() -> None:
     parser.add_argument("--problems", default="example,resnet20")
     parser.add_argument("--variants", default="defaults,contiguous,bf16", help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--quick", action="store_true", help="1,000 samples (a smoke test, not a result)")
+    parser.add_argument("--samples", type=int, default=None, help="the first N samples of each problem's data")
     parser.add_argument("--name", default=None, help="results file name (default anchor_loop_<device type>)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -184,7 +183,7 @@ def main() -> None:
     variants = [VARIANTS[v] for v in args.variants.split(",")]
     rows = []
     for problem in args.problems.split(","):
-        rows += run_problem(problem, device, variants, args.quick)
+        rows += run_problem(problem, device, variants, args.samples or (1000 if args.quick else None))
     name = args.name or f"anchor_loop_{device.type}"
     md = [
         f"# Anchor: the paper's per-point loop against our evaluator ({device.type})",

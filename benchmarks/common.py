@@ -15,8 +15,12 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "results"
+# DSURF_BENCH_RESULTS: write results elsewhere (gpu_check.sh --dry-run: a scratch folder, so that toy
+# numbers never replace measured ones).
+RESULTS = Path(os.environ.get("DSURF_BENCH_RESULTS") or HERE / "results")
 FIGURES = HERE / "figures"
+# DSURF_BENCH_NO_WAIT=1: do not wait for a quiet machine (a lent GPU's minutes are too few to wait).
+NO_WAIT = bool(os.environ.get("DSURF_BENCH_NO_WAIT"))
 
 
 def busy_cores(seconds: float = 2.0) -> float:
@@ -45,6 +49,8 @@ def wait_for_quiet(max_wait: float = 180.0, threshold: float = 0.5, label: str =
     The 1-minute load average is recorded too, but not waited on: it still counts the benchmark step
     that has just finished (a 2-thread run leaves it near 2 for a minute), so waiting for it to fall
     below 1 would cost a minute per step; the busy-core sample sees only what runs now."""
+    if NO_WAIT:
+        return {"load_1min": round(os.getloadavg()[0], 2), "other_busy_cores": None, "waited_s": 0.0}
     waited = 0.0
     busy = busy_cores()
     while busy > threshold and waited < max_wait:
@@ -120,6 +126,11 @@ def machine() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return description
+
+
+def samples_of(data: tuple, samples: int | None) -> tuple:
+    """The first ``samples`` of an ``(inputs, targets)`` pair (all where None)."""
+    return data if samples is None else (data[0][:samples], data[1][:samples])
 
 
 def command_line() -> str:

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import PeakMemory, command_line, machine, table, wait_for_quiet, write_results  # noqa: E402
+from common import PeakMemory, command_line, machine, samples_of, table, wait_for_quiet, write_results  # noqa: E402
 from models import cifar_like_data, resnet20  # noqa: E402
 
 from distributed_surface.core import SurfaceEvaluator, base_tensors, make_directions  # noqa: E402
@@ -35,7 +35,7 @@ from distributed_surface.example import digits_data, trained_digits_cnn  # noqa:
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_rate(device: torch.device, precision: str, seconds: float = 0.5) -> dict:
+def matmul_rate(device: torch.device, precision: str, seconds: float = 0.5, sizes=(512, 1024, 2048, 4096)) -> dict:
     """Best dense matrix-product FLOP/s in ``precision``: square ``torch.mm`` of sizes 512..4096, and
     products of the same sizes done as channels-last 1×1 convolutions, 2048 pixels by n channels (on a
     CPU torch.mm goes to the BLAS, which on this AMD CPU reaches half of what oneDNN's convolutions
@@ -45,7 +45,7 @@ def matmul_rate(device: torch.device, precision: str, seconds: float = 0.5) -> d
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     try:
-        for n in (512, 1024, 2048, 4096):
+        for n in sizes:
             a = torch.randn(n, n, device=device, dtype=dtype)
             b = torch.randn(n, n, device=device, dtype=dtype)
             image = torch.randn(8, n, 16, 16, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -94,27 +94,25 @@ PROBLEMS = {
 }
 
 
-def variants_for(device: torch.device, with_compile: bool) -> list[dict]:
-    variants = [
-        {"label": "fp32", "precision": "fp32", "channels_last": False},
-        {"label": "fp32 --channels-last", "precision": "fp32", "channels_last": True},
-    ]
+def variants_for(device: torch.device, with_compile: bool, plain: bool = True) -> list[dict]:
+    """fp32, tf32 (GPU) and bf16, each with channels-last off and on; with ``with_compile`` also
+    ``--compile`` of fp32 and bf16 (only those where not ``plain``)."""
+    variants = []
+    if plain:
+        precisions = ("fp32", "tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16")
+        for precision in precisions:
+            variants.append({"label": precision, "precision": precision, "channels_last": False})
+            variants.append({"label": f"{precision} --channels-last", "precision": precision, "channels_last": True})
     if with_compile:
-        variants.append({"label": "fp32 --compile", "precision": "fp32", "channels_last": False, "compile": True})
-    if device.type == "cuda":
-        variants.append({"label": "tf32 --channels-last", "precision": "tf32", "channels_last": True})
-    variants += [
-        {"label": "bf16", "precision": "bf16", "channels_last": False},
-        {"label": "bf16 --channels-last", "precision": "bf16", "channels_last": True},
-    ]
+        for precision in ("fp32", "bf16"):
+            variants.append({"label": f"{precision} --compile", "precision": precision, "channels_last": False, "compile": True})
     return variants
 
 
-def run_problem(name: str, device: torch.device, variants: list[dict], rounds: int, peaks: dict) -> list[dict]:
-    model_factory, data_factory, samples, points = PROBLEMS[name]
-    inputs, targets = data_factory()
-    if samples is not None:
-        inputs, targets = inputs[:samples], targets[:samples]
+def run_problem(name: str, device: torch.device, variants: list[dict], rounds: int, peaks: dict,
+                samples: int | None = None) -> list[dict]:  # fmt: skip
+    model_factory, data_factory, default_samples, points = PROBLEMS[name]
+    inputs, targets = samples_of(data_factory(), samples or default_samples)
     model = model_factory()
     flops = flops_per_sample(model, inputs)
     directions = make_directions(base_tensors(model, "weights"), 2, "filter", "biasbn", seed=0)
@@ -165,17 +163,23 @@ def main() -> None:
     parser.add_argument("--problems", default="example,resnet20")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time --compile (CPU: ~30 s to compile ResNet-20)")
+    parser.add_argument("--no-plain", dest="plain", action="store_false", help="with --compile: only the compile variants")
+    parser.add_argument("--samples", type=int, default=None, help="the first N samples of each problem's data")
+    parser.add_argument("--matmul-seconds", dest="matmul_seconds", type=float, default=0.5,
+                        help="seconds of each matmul rate measurement")  # fmt: skip
+    parser.add_argument("--matmul-sizes", dest="matmul_sizes", default="512,1024,2048,4096", help="square matmul sizes")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
-    variants = variants_for(device, args.compile)
+    variants = variants_for(device, args.compile, args.plain)
     precisions = sorted({v["precision"] for v in variants})
     wait_for_quiet(label="efficiency matmul")
-    before = {p: matmul_rate(device, p) for p in precisions}
+    sizes = [int(n) for n in args.matmul_sizes.split(",")]
+    before = {p: matmul_rate(device, p, args.matmul_seconds, sizes) for p in precisions}
     rows = []
     for problem in args.problems.split(","):
-        rows += run_problem(problem, device, variants, args.rounds, before)
-    after = {p: matmul_rate(device, p) for p in precisions}
+        rows += run_problem(problem, device, variants, args.rounds, before, args.samples)
+    after = {p: matmul_rate(device, p, args.matmul_seconds, sizes) for p in precisions}
     peaks = {p: max(before[p], after[p], key=lambda r: r["flops"]) for p in precisions}
     for row in rows:  # against the better of the two matmul measurements
         precision = next(v["precision"] for v in variants if v["label"] == row["variant"])

@@ -9,6 +9,10 @@
   ``DSURF_BENCH_SLOW_RANK`` (default 1, read from ``OMPI_COMM_WORLD_RANK``), so that with
   ``--max-samples 4 --batch-size 4 --vmap off`` one grid point costs one sleep and the real engine's
   coordination, messaging and file writes are what is measured.
+- ``patch_model`` / ``large_images``: data larger than one would hold in memory, for the streamed-data
+  benchmark: ``DSURF_BENCH_STREAM_GIB`` GiB (default 2) of 3×224×224 float32 images, each made from its
+  index on every read (deterministic, nothing on disk), and a cheap model of them (a strided 16×16
+  patch convolution, pooled, and a linear head).
 """
 
 from __future__ import annotations
@@ -104,3 +108,40 @@ def sleepy_model() -> nn.Module:
 def sleepy_data() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(2)
     return torch.randn(64, 8, generator=generator), torch.randint(0, 4, (64,), generator=generator)
+
+
+class PatchModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patches = nn.Conv2d(3, 8, 16, stride=16)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(F.adaptive_avg_pool2d(F.relu(self.patches(x)), 1).flatten(1))
+
+
+def patch_model() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        return PatchModel().eval()
+
+
+class LargeImages(torch.utils.data.Dataset):
+    """Images made from their index: the same on every read, never all in memory."""
+
+    shape = (3, 224, 224)
+
+    def __init__(self, gib: float):
+        self.count = int(gib * 2**30 // (4 * 3 * 224 * 224))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        generator = torch.Generator().manual_seed(index)
+        return torch.randn(self.shape, generator=generator), index % 10
+
+
+def large_images() -> LargeImages:
+    return LargeImages(float(os.environ.get("DSURF_BENCH_STREAM_GIB", "2")))
+

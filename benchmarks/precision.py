@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_map
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import PeakMemory, command_line, machine, table, wait_for_quiet, write_results  # noqa: E402
+from common import PeakMemory, command_line, machine, samples_of, table, wait_for_quiet, write_results  # noqa: E402
 from models import cifar_like_data, resnet20  # noqa: E402
 
 from distributed_surface.core import Axis, Grid, SurfaceEvaluator, base_tensors, make_directions  # noqa: E402
@@ -63,16 +63,19 @@ PROBLEMS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--samples", type=int, default=None, help="the first N samples of each problem's data")
+    parser.add_argument("--grid", type=int, default=None, help="points along each axis (default: the problem's)")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
     assert torch.equal(round_to_tf32(torch.tensor([1 + 2**-11, 1 + 3 * 2**-11, -(1 + 2**-12)])),
                        torch.tensor([1.0, 1 + 4 * 2**-11, -1.0]))  # fmt: skip
     rows = []
-    for name, (model_factory, data_factory, samples, axis) in PROBLEMS.items():
-        inputs, targets = data_factory()
-        if samples:
-            inputs, targets = inputs[:samples], targets[:samples]
+    for name in args.problems.split(","):
+        model_factory, data_factory, samples, axis = PROBLEMS[name]
+        inputs, targets = samples_of(data_factory(), args.samples or samples)
+        axis = f"-1:1:{args.grid}" if args.grid else axis
         grid = Grid(Axis.parse(axis), Axis.parse(axis))
         offsets = grid.offsets(np.arange(grid.size))
         directions = make_directions(base_tensors(model_factory(), "weights"), 2, "filter", "biasbn", seed=0)

@@ -55,8 +55,8 @@ def mpi_env() -> dict:
     return env
 
 
-def mpirun(ranks: int, command: list[str], env: dict, timeout: int) -> tuple[subprocess.CompletedProcess, float]:
-    full = ["timeout", str(timeout), "mpirun", "--oversubscribe", "--tag-output", "-np", str(ranks), *command]
+def mpirun(ranks: int, command: list[str], env: dict, timeout: int, options: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess, float]:
+    full = ["timeout", str(timeout), "mpirun", "--oversubscribe", "--tag-output", *options, "-np", str(ranks), *command]
     started = time.perf_counter()
     result = subprocess.run(full, cwd=ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started

@@ -65,6 +65,10 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--compile", nargs="?", const=True, type=_on_off, metavar="on|off", help="torch.compile the forward pass (default off)")
     add("--channels-last", dest="channels_last", nargs="?", const=True, type=_auto_on_off, metavar="auto|on|off",
         help="channels-last memory format for 4-D inputs (default auto: on a CPU, off on a GPU)")  # fmt: skip
+    add("--data-placement", dest="data_placement", metavar="auto|device|host|stream",
+        help="where the data is kept: on the device, in host memory (batches copied to the device), or read from "
+             "its Dataset on every pass (stream); default auto: the first of these it fits in")  # fmt: skip
+    add("--workers", type=int, metavar="N", help="with streamed data: DataLoader processes that read it (default 0)")
     add("--rank0", choices=("work", "coordinate"), help="under MPI: rank 0 also evaluates (work, default) or only coordinates")
     add("--out", metavar="PATH", help="surface file to write (default surface.h5)")
     add("--resume", action="store_true", help="continue an existing surface file of the same config")
@@ -76,7 +80,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 RUN_SETTINGS = (
     "model", "checkpoint", "data", "test_data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed",
     "batch_size", "max_samples", "max_test_samples", "device", "chunk_size", "rank0", "out",
-    "precision", "points_per_pass", "vmap", "compile", "channels_last",
+    "precision", "points_per_pass", "vmap", "compile", "channels_last", "data_placement", "workers",
     "to", "plane", "bend", "trajectory", "directions", "points", "params", "auto_rise",
     "measure", "hessian_samples", "hessian_params", "hessian_tol",
 )  # fmt: skip

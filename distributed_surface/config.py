@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .core.grid import Axis, Grid
 from .core.measurements import TEST, TRAIN
-from .core.options import BUILTIN_LOSS_NAMES, DIR_TYPES, IGNORE_RULES, NORMS, PRECISIONS, VMAP_MODES
+from .core.options import BUILTIN_LOSS_NAMES, DATA_PLACEMENTS, DIR_TYPES, IGNORE_RULES, NORMS, PRECISIONS, VMAP_MODES
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -81,6 +81,8 @@ class RunConfig:
     precision: str = "fp32"
     compile: bool = False
     channels_last: bool | str = "auto"  # auto: on a CPU, off on a GPU
+    data_placement: str = "auto"  # auto: on the device where it fits, else in host memory, else streamed
+    workers: int = 0  # DataLoader processes that read streamed data (0: this process reads it)
     rank0: str = "work"
     out: str = "surface.h5"
     # Directions from checkpoints and files (kinds.py); none of them: random normal directions.
@@ -149,6 +151,9 @@ class RunConfig:
         _choice("rank0", self.rank0, RANK0_ROLES)
         _choice("vmap", self.vmap, VMAP_MODES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("data-placement", self.data_placement, DATA_PLACEMENTS)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise UserError(f"--workers must be a whole number of 0 or more, got {self.workers!r}")
         if not isinstance(self.compile, bool):
             raise UserError(f"--compile must be on or off, got {self.compile!r}")
         if not (self.channels_last == "auto" or isinstance(self.channels_last, bool)):

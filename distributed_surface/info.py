@@ -153,6 +153,9 @@ def _runs(data: SurfaceData, alive: bool) -> list[str]:
     return lines
 
 
+PLACEMENT_WORDS = {"device": "data on the device", "host": "data in host memory", "stream": "data streamed"}
+
+
 def _timings(data: SurfaceData) -> list[str]:
     t = data.timings
     if not t.size:
@@ -163,12 +166,16 @@ def _timings(data: SurfaceData) -> list[str]:
         f"({points / seconds if seconds else float('nan'):.2f} points/s)"
     ]
     per_rank = defaultdict(lambda: [0, 0, 0.0, set()])
+    names = t.dtype.names or ()
     for record in t:
         entry = per_rank[int(record["rank"])]
         entry[0] += 1
         entry[1] += int(record["points"])
         entry[2] += float(record["seconds"])
-        entry[3].add(f"{record['host'].decode()}/{record['device'].decode()}")
+        how = [f"{int(record['threads'])} thread(s)"] if "threads" in names and record["threads"] and record["device"] == b"cpu" else []
+        placement = record["placement"].decode() if "placement" in names else ""
+        how += [PLACEMENT_WORDS.get(placement, placement)] if placement else []
+        entry[3].add(f"{record['host'].decode()}/{record['device'].decode()}" + (f" ({', '.join(how)})" if how else ""))
     for rank in sorted(per_rank):
         chunks, pts, secs, where = per_rank[rank]
         lines.append(f"  rank {rank}: {chunks} chunks, {pts} points, {secs:.2f} s on {', '.join(sorted(where))}")

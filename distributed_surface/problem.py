@@ -18,9 +18,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .core.host import host_memory_available
 from .core.losses import BUILTIN_LOSSES, Loss, as_loss, logits_of
 from .core.samples import Samples, call_model, to_device
+from .core.stream import SamplesDataset, StreamedSamples
 from .errors import UserError
+from .runtime import ranks_on_node
+
+# --data-placement auto streams a Dataset larger than this share of the available host memory.
+HOST_DATA_FRACTION = 0.5
+# Items read twice to check that a streamed Dataset gives the same data on every read.
+STREAM_CHECK_ITEMS = 4
 
 
 @dataclass
@@ -28,7 +36,7 @@ class Problem:
     """A model holding θ0, the data of each split (train, and test where given), and the loss."""
 
     model: nn.Module
-    splits: dict[str, Samples]
+    splits: dict[str, Samples | StreamedSamples]
     loss: Loss
 
 
@@ -149,12 +157,91 @@ def _first(names: list[str], count: int = 3) -> str:
     return shown + (f" and {len(names) - count} more" if len(names) > count else "")
 
 
-def load_data(spec: str, max_samples: int | None, flag: str = "--data") -> Samples:
+def load_data(
+    spec: str, max_samples: int | None, flag: str = "--data", *, placement: str = "auto", workers: int = 0
+) -> Samples | StreamedSamples:
     """Call the data factory and return its first ``max_samples`` samples. It may return a ``Dataset``
     whose items are ``(input, target)`` pairs or dicts of tensors (the Hugging Face convention:
     keyword inputs of the model, with the targets under ``labels``), an ``(inputs, targets)`` pair of
-    tensors (the inputs may be a dict of tensors), or a dict of tensors holding ``labels``."""
+    tensors (the inputs may be a dict of tensors), or a dict of tensors holding ``labels``.
+
+    ``placement`` ``stream`` (or ``auto``, for a Dataset too large for host memory: see
+    :func:`streams`) returns :class:`StreamedSamples`, read with ``workers`` loader processes on every
+    pass; otherwise the samples are read into memory now."""
     data = _call(spec, flag)
+    if isinstance(data, Dataset) and placement in ("auto", "stream"):
+        dataset = _sized(data, spec, flag, max_samples)
+        if placement == "stream" or streams(dataset, spec, flag):
+            return _streamed(dataset, spec, flag, workers)
+    samples = _in_memory(data, spec, flag, max_samples)
+    if placement == "stream":
+        return StreamedSamples(SamplesDataset(samples), workers)
+    return samples
+
+
+def streams(dataset: Dataset, spec: str, flag: str) -> bool:
+    """``auto``: whether a Dataset is too large to read into host memory (more than
+    ``HOST_DATA_FRACTION`` of what is available to each of the job's ranks on this node, estimated from
+    its first sample)."""
+    first = _first_samples(dataset, spec, flag, 1)
+    return first.nbytes * len(dataset) > HOST_DATA_FRACTION * host_memory_available() / ranks_on_node()
+
+
+def _sized(dataset: Dataset, spec: str, flag: str, max_samples: int | None) -> Dataset:
+    try:
+        length = len(dataset)
+    except TypeError:
+        raise UserError(f"{flag} {spec!r}: the Dataset has no length") from None
+    if length == 0:
+        raise UserError(f"{flag} {spec!r} holds no samples")
+    return dataset if max_samples is None or max_samples >= length else torch.utils.data.Subset(dataset, range(max_samples))
+
+
+def _first_samples(dataset: Dataset, spec: str, flag: str, count: int) -> Samples:
+    """The first ``count`` items, collated, checked to be pairs or dicts with ``labels``."""
+    try:
+        items = [dataset[i] for i in range(min(count, len(dataset)))]
+    except Exception as exc:  # a Dataset may fail in any way (a missing image file, a bad index)
+        raise UserError(f"{flag} {spec!r}: reading its first samples failed: {_describe(exc)}") from exc
+    first = items[0]
+    if isinstance(first, Mapping):
+        _split_labels(dict(first), spec, flag)  # raises where 'labels' is missing, naming the keys
+    elif not (isinstance(first, (tuple, list)) and len(first) == 2):
+        raise UserError(
+            f"{flag} {spec!r}: samples must be (input, target) pairs or dicts with 'labels', got {type(first).__name__}"
+        )
+    try:
+        batch = torch.utils.data.default_collate(items)
+    except Exception as exc:  # noqa: BLE001 - ragged items, or items that are not tensors
+        raise _unstackable(exc, spec, flag) from exc
+    if isinstance(batch, Mapping):
+        inputs, targets = _split_labels(dict(batch), spec, flag)
+    else:
+        inputs, targets = batch[0], torch.as_tensor(batch[1])
+    return _samples(inputs, targets, spec, flag)
+
+
+def _unstackable(exc: Exception, spec: str, flag: str) -> UserError:
+    hint = ""
+    if "stack expects each tensor to be equal size" in str(exc) or "resize" in str(exc):
+        hint = " (samples must have equal shapes: pad sequences, with attention_mask 0 and labels -100 on the padding)"
+    return UserError(f"{flag} {spec!r}: its samples cannot be stacked into batches{hint}: {_describe(exc)}")
+
+
+def _streamed(dataset: Dataset, spec: str, flag: str, workers: int) -> StreamedSamples:
+    """The Dataset read on every pass: refused where two reads of its first items differ (random
+    augmentation), since every point would then see other data."""
+    once = _first_samples(dataset, spec, flag, STREAM_CHECK_ITEMS)
+    again = _first_samples(dataset, spec, flag, STREAM_CHECK_ITEMS)
+    if any(not torch.equal(a, b) for (_, a), (_, b) in zip(once.named_tensors(), again.named_tensors())):
+        raise UserError(
+            f"{flag} {spec!r}: its items differ from one read to the next (random augmentation?); streamed, every "
+            "point would see other data: make it deterministic, or read it into memory (--data-placement host)"
+        )
+    return StreamedSamples(dataset, workers)
+
+
+def _in_memory(data, spec: str, flag: str, max_samples: int | None) -> Samples:
     if isinstance(data, Mapping) and _tensors(data):
         inputs, targets = _split_labels(dict(data), spec, flag)
         samples = _samples(inputs, targets, spec, flag)
@@ -163,7 +250,7 @@ def load_data(spec: str, max_samples: int | None, flag: str = "--data") -> Sampl
         samples = _samples(data[0], data[1], spec, flag)
         samples = samples.slice(0, max_samples) if max_samples is not None else samples
     elif isinstance(data, Dataset):
-        samples = _materialise(data, spec, flag, max_samples)
+        return _materialise(data, spec, flag, max_samples)
     else:
         raise UserError(
             f"{flag} {spec!r} returned {type(data).__name__}, not a torch Dataset or an (inputs, targets) pair of tensors"
@@ -201,25 +288,8 @@ def _samples(inputs, targets, spec: str, flag: str) -> Samples:
 
 
 def _materialise(dataset: Dataset, spec: str, flag: str, max_samples: int | None) -> Samples:
-    try:
-        length = len(dataset)
-    except TypeError:
-        raise UserError(f"{flag} {spec!r}: the Dataset has no length") from None
-    if max_samples is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(length, max_samples)))
-    if len(dataset) == 0:
-        return Samples(torch.empty(0), torch.empty(0))
-    try:
-        first = dataset[0]
-    except Exception as exc:  # a Dataset may fail in any way (a missing image file, a bad index)
-        raise UserError(f"{flag} {spec!r}: reading its first sample failed: {_describe(exc)}") from exc
-    keyword = isinstance(first, Mapping)
-    if keyword and "labels" not in first:
-        _split_labels(dict(first), spec, flag)  # raises, naming the keys
-    if not keyword and not (isinstance(first, (tuple, list)) and len(first) == 2):
-        raise UserError(
-            f"{flag} {spec!r}: samples must be (input, target) pairs or dicts with 'labels', got {type(first).__name__}"
-        )
+    dataset = _sized(dataset, spec, flag, max_samples)
+    keyword = isinstance(_first_samples(dataset, spec, flag, 1).inputs, dict)  # (checks the items' form)
     batches = []
     try:
         for batch in DataLoader(dataset, batch_size=1024, shuffle=False):
@@ -227,10 +297,7 @@ def _materialise(dataset: Dataset, spec: str, flag: str, max_samples: int | None
     except UserError:
         raise
     except Exception as exc:  # a Dataset may fail in any way (a missing image file, a bad index, ragged items)
-        hint = ""
-        if "stack expects each tensor to be equal size" in str(exc) or "resize" in str(exc):
-            hint = " (samples must have equal shapes: pad sequences, with attention_mask 0 and labels -100 on the padding)"
-        raise UserError(f"{flag} {spec!r}: its samples cannot be stacked into batches{hint}: {_describe(exc)}") from exc
+        raise _unstackable(exc, spec, flag) from exc
     targets = torch.cat([torch.as_tensor(t) for _, t in batches])
     if isinstance(batches[0][0], Mapping):
         keys = list(batches[0][0])

@@ -8,7 +8,6 @@ of it (:mod:`.engine.job`).
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -23,6 +22,7 @@ from .core.grid import Grid, PointList
 from .core.curvature import CurvatureEvaluator
 from .core.evaluate import BatchError, SurfaceEvaluator
 from .core.measurements import TEST, TRAIN, Measurement
+from .core.samples import tensors_sha256
 from .engine.job import Setup, Worker
 from .engine.launcher import world_size
 from .engine.serial import run_serial
@@ -151,7 +151,8 @@ class SurfaceJob:
             directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in setup.shared["directions"]]
             loaded = Loaded(problem, device, directions, make_evaluator(config, problem, device, directions))
         evaluator = loaded.evaluator
-        return Worker(evaluate=_naming_failures(evaluator), device=str(loaded.device), plan=describe_plan(evaluator))
+        return Worker(evaluate=_naming_failures(evaluator), device=str(loaded.device), plan=describe_plan(evaluator),
+                      placement=evaluator.placement)  # fmt: skip
 
 
 def run(
@@ -176,30 +177,22 @@ def load_problem(config: RunConfig) -> Problem:
     model = build_model(config.model)
     if config.checkpoint is not None:
         load_checkpoint(model, config.checkpoint)
-    splits = {TRAIN: load_data(config.data, config.max_samples, "--data")}
+    how = {"placement": config.data_placement, "workers": config.workers}
+    splits = {TRAIN: load_data(config.data, config.max_samples, "--data", **how)}
     if config.test_data is not None:
-        splits[TEST] = load_data(config.test_data, config.max_test_samples, "--test-data")
+        splits[TEST] = load_data(config.test_data, config.max_test_samples, "--test-data", **how)
     return Problem(model=model, splits=splits, loss=resolve_loss(config.loss))
 
 
 def fingerprint(problem: Problem) -> dict[str, object]:
     """Content hashes of θ0 and of each split's data, and the sample counts: a resumed run must match
     them. The train split's are ``data_sha256`` and ``num_samples``; another split's carry its name."""
-    prints: dict[str, object] = {"theta0_sha256": _sha256(problem.model.state_dict().items())}
+    prints: dict[str, object] = {"theta0_sha256": tensors_sha256(problem.model.state_dict().items())}
     for split, samples in problem.splits.items():
         prefix = "" if split == TRAIN else f"{split}_"
-        prints[f"{prefix}data_sha256"] = _sha256(samples.named_tensors())
+        prints[f"{prefix}data_sha256"] = samples.content_sha256()
         prints[f"{prefix}num_samples"] = len(samples)
     return prints
-
-
-def _sha256(named_tensors) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in named_tensors:
-        array = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{array.dtype}:{tuple(array.shape)};".encode())
-        digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b"")
-    return digest.hexdigest()
 
 
 def _fingerprint_what(key: str) -> str:
@@ -238,6 +231,7 @@ def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, di
             precision=config.precision,
             compile=config.compile,
             channels_last=None if config.channels_last == "auto" else config.channels_last,
+            resident={"device": True, "host": False}.get(config.data_placement),
         )
         if config.measure == "hessian":
             evaluator = CurvatureEvaluator(evaluator, samples=config.hessian_samples, params=config.hessian_params,
@@ -299,7 +293,8 @@ def take_lock(path: str) -> WriterLock:
 def describe_plan(evaluator: SurfaceEvaluator) -> str:
     """One line: how the evaluator runs (vmap or one point per pass, batch size) and why."""
     plan = evaluator.plan
-    data = "on the device" if plan.resident else "streamed"
+    data = {"device": "on the device", "host": "in host memory, each batch copied to the device",
+            "stream": "read from its Dataset on every pass"}[evaluator.placement]  # fmt: skip
     splits = " and ".join(evaluator.splits)
     return f"{plan.reason}; batch {plan.batch_size}, {splits} data {data} ({evaluator.device})"
 

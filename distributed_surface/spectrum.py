@@ -96,6 +96,7 @@ def compute_spectrum(config: RunConfig, world, *, overwrite: bool = False, progr
     from .lock import WriterLock
     from .output import check_spectrum_output
     from .run import load_problem
+    from .runtime import use_threads
     from .storage import write_spectrum
 
     error, lock = None, None
@@ -112,6 +113,7 @@ def compute_spectrum(config: RunConfig, world, *, overwrite: bool = False, progr
         raise UserError(error) if world.rank == 0 else SystemExit(2)
     try:
         operator, error = None, None
+        threads = use_threads(world.local_size)
         try:
             device = resolve_device(config.device, world.local_rank)
             problem = load_problem(config)
@@ -128,7 +130,7 @@ def compute_spectrum(config: RunConfig, world, *, overwrite: bool = False, progr
         check_twice_differentiable(operator)
         say = (lambda text: print(f"dsurf: {text}", file=sys.stderr, flush=True)) if world.rank == 0 and progress else (lambda text: None)
         say(f"Hessian of the mean loss over {operator.count} targets, {operator.size:,} parameters "
-            f"({config.hessian_params}), {world.size} rank(s)")  # fmt: skip
+            f"({config.hessian_params}), {world.size} rank(s)" + (f"; {threads}" if device.type == "cpu" else ""))  # fmt: skip
         started = time.time()
         top = extreme_eigenpairs(operator, k=config.top_k, which="LA", tol=config.hessian_tol, seed=config.seed)
         say(f"top {config.top_k} eigenvalues: {', '.join(f'{v:.6g}' for v in top.values)} ({top.products} products)")

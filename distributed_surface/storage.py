@@ -68,6 +68,8 @@ TIMING_DTYPE = np.dtype(
         ("points", "i4"),  # the chunk's points; 0 in a slot not written yet
         ("start", "f8"),
         ("seconds", "f8"),
+        ("threads", "i4"),  # the rank's CPU threads (absent from files made before it was recorded)
+        ("placement", "S8"),  # where the rank kept the data: device, host or stream (also absent there)
     ]
 )
 RUN_DTYPE = np.dtype(
@@ -391,15 +393,19 @@ class RunRecorder:
             for name, array in result.values.items():
                 dataset = self.file[name]
                 write_points(dataset, shape, indices, np.asarray(array, dtype=dataset.dtype))
-            record = np.zeros(len(indices), dtype=TIMING_DTYPE)
+            timings = self.file["timings"]
+            record = np.zeros(len(indices), dtype=timings.dtype)  # (a file made by an earlier version has fewer fields)
             record["run"] = self.run_index
             record["first_index"] = int(indices.min()) if len(indices) else 0
             record["points"] = len(indices)
-            for key in ("rank", "start", "seconds"):
-                record[key] = result.timing[key]
+            for key in ("rank", "start", "seconds", "threads"):
+                if key in record.dtype.names:
+                    record[key] = result.timing.get(key, 0)
             record["host"] = str(result.timing["host"]).encode()[:64]
             record["device"] = str(result.timing["device"]).encode()[:32]
-            write_points(self.file["timings"], (self.file["timings"].shape[0],), indices, record)
+            if "placement" in record.dtype.names:
+                record["placement"] = str(result.timing.get("placement", "")).encode()[:8]
+            write_points(timings, (timings.shape[0],), indices, record)
             if self.flush_each_chunk:  # (a flush is collective under mpio)
                 self.file.flush()
             write_points(self.file["done"], shape, indices, np.ones(len(indices), dtype=np.uint8))

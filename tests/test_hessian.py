@@ -276,3 +276,18 @@ def test_dsurf_hessian_under_mpirun_splits_the_data(tiny, run_args, tmp_path):
     a, b = read_spectrum(str(tmp_path / "s.h5")), read_spectrum(str(tmp_path / "m.h5"))
     np.testing.assert_allclose(b.eigenvalues, a.eigenvalues, rtol=1e-6)
     assert b.attrs["ranks"] == 3 and b.trace == pytest.approx(a.trace, rel=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_per_point_eigenvalues_on_the_gpu_equal_the_cpu(tiny):
+    """The products on the GPU (float64 sums of float32 batches) give the CPU's eigenvalues."""
+    x, y = tiny.data()
+    directions = make_directions(base_tensors(tiny.model(), "weights"), 2, "filter", "biasbn", 0)
+    offsets = np.array([[0.0, 0.0], [0.1, 0.0], [0.2, 0.05]])
+    values = {}
+    for device in ("cpu", "cuda"):
+        inner = SurfaceEvaluator(tiny.model(), directions, (x, y), cross_entropy, 64, device=device, vmap="off")
+        values[device] = CurvatureEvaluator(inner, tol=1e-8).evaluate(offsets)
+    for name in ("train_hess_max", "train_hess_min", "train_loss"):
+        np.testing.assert_allclose(values["cuda"][name], values["cpu"][name], rtol=1e-4, atol=1e-6, err_msg=name)

@@ -193,11 +193,15 @@ def test_failing_worker_ends_job_and_resume_completes(serial_surfaces, env, tmp_
     assert [r["status"].decode() for r in final["runs"]] == ["failed", "complete"]
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="no CUDA device")  # (before the serial surfaces are made)
 def test_two_ranks_share_one_gpu(serial_surfaces, env, tmp_path):
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
     out = tmp_path / "surface.h5"
     result = dsurf(["run", *GRIDS["2d"], *COMMON, "--device", "cuda", "--out", str(out)], env, tmp_path, ranks=2)
     assert result.returncode == 0, result.stderr

@@ -53,6 +53,10 @@ class CurvatureEvaluator:
     def splits(self):
         return self.evaluator.splits
 
+    @property
+    def placement(self) -> str:
+        return self.evaluator.placement
+
     def evaluate(self, offsets: np.ndarray) -> dict[str, np.ndarray]:
         offsets = np.atleast_2d(np.asarray(offsets, dtype=np.float64))
         values = self.evaluator.evaluate(offsets)

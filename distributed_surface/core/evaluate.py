@@ -48,10 +48,11 @@ from .plan import (
 )
 from .precision import PRECISIONS, BFloat16Products, at_least_fp32, numerics
 from .samples import Batches, Inputs, Samples, batch_length, call_model, to_device
+from .stream import StreamedBatches, StreamedSamples
 from .weights import MovingWeights
 
 # Data given as one split is the first split's (train).
-Data = Samples | tuple | Mapping[str, Samples | tuple]
+Data = Samples | StreamedSamples | tuple | Mapping[str, Samples | StreamedSamples | tuple]
 
 
 class BatchError(ValueError):
@@ -78,7 +79,9 @@ class SurfaceEvaluator:
     on the GPU), "tf32" (TF32 matmuls and convolutions on GPUs that have them; fp32 on a CPU) or
     "bf16" (autocast to bfloat16); ``compile`` (``torch.compile`` the forward pass);
     ``channels_last`` (for 4-D inputs; None: on a CPU only); ``resident`` (None: keep the data on the
-    device where it fits, else stream it; True/False to force).
+    device where it fits, else copy each batch to it from host memory; True/False to force). Data
+    given as :class:`~.stream.StreamedSamples` is read from its Dataset on every pass
+    (:attr:`placement`).
     """
 
     def __init__(
@@ -135,10 +138,16 @@ class SurfaceEvaluator:
                 self.measurements.append(Measurement(measurement_name(split, "acc")))
 
         self._weights = MovingWeights(self.model, directions, dir_type, self.device)
-        total_bytes = sum(s.nbytes for s in splits.values())
-        self.resident = fits_on_device(self.device, total_bytes) if resident is None else bool(resident)
+        self.streamed = any(isinstance(samples, StreamedSamples) for samples in splits.values())
+        if self.streamed:
+            self.resident = False
+        else:
+            total_bytes = sum(s.nbytes for s in splits.values())
+            self.resident = fits_on_device(self.device, total_bytes) if resident is None else bool(resident)
         self._data = {
-            split: Batches(samples, self.device, resident=self.resident, channels_last=self._channels_last)
+            split: StreamedBatches(samples, self.device, channels_last=self._channels_last)
+            if isinstance(samples, StreamedSamples)
+            else Batches(samples, self.device, resident=self.resident, channels_last=self._channels_last)
             for split, samples in splits.items()
         }
         self._forward_plain: Callable = self._plain_call
@@ -153,6 +162,12 @@ class SurfaceEvaluator:
     @property
     def splits(self) -> tuple[str, ...]:
         return tuple(self._data)
+
+    @property
+    def placement(self) -> str:
+        """Where the data is kept: ``device`` (moved there once), ``host`` (each batch copied to the
+        device when it is needed) or ``stream`` (read from its Dataset on every pass)."""
+        return "stream" if self.streamed else "device" if self.resident else "host"
 
     @property
     def num_samples(self) -> int:
@@ -450,7 +465,7 @@ class _Totals:
         return loss.cpu().numpy(), hits.cpu().numpy()
 
 
-def _splits(data: Data) -> dict[str, Samples]:
+def _splits(data: Data) -> dict[str, Samples | StreamedSamples]:
     """The splits of ``data`` in :data:`SPLITS` order; one split given alone is the first."""
     if isinstance(data, Mapping) and not isinstance(data, Samples):
         unknown = [name for name in data if name not in SPLITS]
@@ -458,13 +473,17 @@ def _splits(data: Data) -> dict[str, Samples]:
             raise ValueError(f"unknown split {unknown[0]!r}; expected {', '.join(SPLITS)}")
         if not data:
             raise ValueError("no data to evaluate")
-        splits = {name: Samples.of(data[name]) for name in SPLITS if name in data}
+        splits = {name: _samples(data[name]) for name in SPLITS if name in data}
     else:
-        splits = {SPLITS[0]: Samples.of(data)}
+        splits = {SPLITS[0]: _samples(data)}
     empty = [name for name, samples in splits.items() if len(samples) == 0]
     if empty:
         raise ValueError(f"the {empty[0]} data holds no samples")
     return splits
+
+
+def _samples(data) -> Samples | StreamedSamples:
+    return data if isinstance(data, StreamedSamples) else Samples.of(data)
 
 
 def _has_image_input(inputs: Inputs) -> bool:

@@ -91,7 +91,7 @@ class HessianOperator:
 
     def matvec(self, vector: np.ndarray) -> np.ndarray:
         """H v: for each batch, the gradient of (the gradient of the batch's loss sum) · v, by reverse
-        mode twice (2.6× faster on a CPU than forward-over-reverse, ``torch.func.jvp`` of
+        mode twice (faster on a CPU than forward-over-reverse, ``torch.func.jvp`` of
         ``torch.func.grad``: benchmarks/results/hessian_cpu.md)."""
         direction = [t for t in self.split(vector).values()]
         total = torch.zeros(self.size, dtype=torch.float64, device=self.device)

@@ -7,3 +7,6 @@ DIR_TYPES = ("weights", "states")
 PRECISIONS = ("fp32", "tf32", "bf16")
 VMAP_MODES = ("auto", "tune", "on", "off")
 BUILTIN_LOSS_NAMES = ("cross_entropy", "causal_lm", "mse")
+# Where a split's data is kept: auto (chosen from its size), on the device, in host memory (each batch
+# copied to the device), or read from its Dataset on every pass.
+DATA_PLACEMENTS = ("auto", "device", "host", "stream")

@@ -9,6 +9,7 @@ the next batch copied while this one is computed).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -60,6 +61,10 @@ class Samples:
     def nbytes(self) -> int:
         return sum(t.nbytes for _, t in self.named_tensors())
 
+    def content_sha256(self) -> str:
+        """:func:`tensors_sha256` of :meth:`named_tensors`."""
+        return tensors_sha256(self.named_tensors())
+
     def slice(self, start: int, stop: int) -> "Samples":
         return Samples(map_inputs(self.inputs, lambda t: t[start:stop]), self.targets[start:stop])
 
@@ -72,6 +77,20 @@ class Samples:
             return Samples(map_inputs(self.inputs, torch.Tensor.pin_memory), self.targets.pin_memory())
         except RuntimeError:
             return self
+
+
+def tensors_sha256(named_tensors) -> str:
+    """A digest of each tensor's name, dtype, shape and bytes, in the order given."""
+    digest = hashlib.sha256()
+    for name, tensor in named_tensors:
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's elements as bytes, in C order, on the host."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
 
 
 def map_inputs(inputs: Inputs, function) -> Inputs:

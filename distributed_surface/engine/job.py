@@ -44,11 +44,13 @@ class Setup:
 @dataclass
 class Worker:
     """One rank's evaluator: ``evaluate(offsets (K, ndim)) -> {measurement name: (K, ...) array}``, the
-    device it runs on, and a line that says how it runs (rank 0's is printed)."""
+    device it runs on, a line that says how it runs (rank 0's is printed), and where it keeps its data
+    (``device``, ``host`` or ``stream``: recorded with each chunk's timing)."""
 
     evaluate: Evaluate
     device: str
     plan: str = ""
+    placement: str = ""
 
 
 class Job(Protocol):
@@ -72,7 +74,7 @@ class LocalWorld:
     """One process alone: what :class:`~.mpi.World` is for computations that every rank runs in step
     (``dsurf hessian``), for a run without MPI."""
 
-    rank, size, local_rank = 0, 1, 0
+    rank, size, local_rank, local_size = 0, 1, 0, 1
 
     def sum(self, array: np.ndarray) -> np.ndarray:
         return array

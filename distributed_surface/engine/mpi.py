@@ -29,15 +29,15 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from mpi4py import MPI
 
 from ..core.grid import guided_chunks, pending_chunks
 from ..errors import UserError
+from ..runtime import use_threads
 from ..storage import RunRecorder
 from .job import Job
 from .progress import Progress
-from .serial import ChunkResult, evaluate_chunk
+from .serial import ChunkResult, evaluate_chunk, worker_line
 from .stop import Interrupted, StopRequest
 
 TAG_REQUEST = 11  # worker -> coordinator: the chunk just finished (or None), and a request for the next
@@ -74,6 +74,8 @@ def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: 
     comm = MPI.COMM_WORLD.Dup()
     rank, size = comm.Get_rank(), comm.Get_size()
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
+    # Before any model is built or timed: ranks sharing a node's cores take their share of them.
+    threads = use_threads(node.Get_size())
     mode = io_mode()
     rank0_works = rank0 == "work"
     if rank0_works and MPI.Query_thread() < MPI.THREAD_MULTIPLE:
@@ -95,16 +97,17 @@ def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: 
         setup.local = None  # (frees rank 0's evaluator: it only coordinates)
     try:
         return _compute(job, setup, comm, node, mode=mode, rank0_works=rank0_works, chunk_size=chunk_size,
-                        progress=progress, stop=stop)  # fmt: skip
+                        progress=progress, stop=stop, threads=threads)  # fmt: skip
     finally:
         if rank == 0:
             job.close()
 
 
-def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk_size, progress: bool, stop) -> str:
+def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk_size, progress: bool, stop,
+             threads: str) -> str:  # fmt: skip
     """Build the workers, open the file and compute: the part of a run after rank 0's set-up."""
     rank, size = comm.Get_rank(), comm.Get_size()
-    local_rank, local_size = node.Get_rank(), node.Get_size()
+    local_rank = node.Get_rank()
     works = rank != 0 or rank0_works
     error = None
 
@@ -143,9 +146,6 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
             error = str(exc)
     errors = comm.allgather(error)
     _raise_collectively(rank, next((e for e in errors if e), None))
-    if worker is not None and worker.device == "cpu":
-        # Ranks sharing a node's cores: give each its share rather than every rank all the cores.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
 
     def work():
         _work(comm, worker, setup.grid, recorder if mode == "mpio" else None, stop)
@@ -153,7 +153,7 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
     outcome = {"finished": 0, "failure": None}
     if rank == 0:
         if progress and chunks and worker is not None and worker.plan:
-            print(f"dsurf: {worker.plan}", file=sys.stderr, flush=True)
+            print(f"dsurf: {worker_line(worker, threads)}", file=sys.stderr, flush=True)
         bar = Progress(total=int(done.size), initial=int(np.count_nonzero(done)), enabled=progress)
 
         def coordinate():
@@ -192,7 +192,8 @@ class World:
     def __init__(self):
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
 
     def sum(self, array: np.ndarray) -> np.ndarray:
         array = np.ascontiguousarray(array)
@@ -288,7 +289,7 @@ def _work(comm: MPI.Comm, worker, grid, recorder, stop: StopRequest) -> None:
         report = None
         try:
             with stop.abandonable():
-                result = evaluate_chunk(worker.evaluate, grid, indices, rank=rank, device=worker.device)
+                result = evaluate_chunk(worker, grid, indices, rank=rank)
         except Interrupted:
             continue  # abandoned: the coordinator hears of the stop with the next request
         except UserError as exc:

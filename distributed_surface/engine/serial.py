@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.grid import Grid, PointList, default_chunk_size, pending_chunks
+from ..runtime import current_threads, use_threads
 from ..storage import RunRecorder
-from .job import Evaluate, Job
+from .job import Job, Worker
 from .progress import Progress
 from .stop import Interrupted, NoStop, StopRequest
 
@@ -26,12 +27,19 @@ class ChunkResult:
     timing: dict[str, object]
 
 
-def evaluate_chunk(evaluate: Evaluate, grid: Grid | PointList, indices: np.ndarray, *, rank: int, device: str) -> ChunkResult:
-    """Evaluate the points ``indices`` of ``grid`` and time it."""
+def evaluate_chunk(worker: Worker, grid: Grid | PointList, indices: np.ndarray, *, rank: int) -> ChunkResult:
+    """Evaluate the points ``indices`` of ``grid`` with ``worker`` and time it (the record names the
+    worker's device, its CPU threads and where it keeps the data too)."""
     start = time.time()
-    values = evaluate(grid.offsets(indices))
-    timing = {"rank": rank, "host": socket.gethostname(), "device": device, "start": start, "seconds": time.time() - start}
+    values = worker.evaluate(grid.offsets(indices))
+    timing = {"rank": rank, "host": socket.gethostname(), "device": worker.device, "start": start,
+              "seconds": time.time() - start, "threads": current_threads(), "placement": worker.placement}  # fmt: skip
     return ChunkResult(indices, values, timing)
+
+
+def worker_line(worker: Worker, threads: str) -> str:
+    """The line printed as a run starts: how the worker runs, and its threads where it runs on a CPU."""
+    return f"{worker.plan}; {threads}" if worker.device == "cpu" else worker.plan
 
 
 def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True, stop: StopRequest | None = None) -> str:
@@ -41,17 +49,18 @@ def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True
     to replace a file and stopped before its first chunk: that file is as it was); a failure closes
     the file as ``failed`` and is raised. ``chunk_size``: points per chunk (default: automatic)."""
     stop = stop or NoStop()
+    threads = use_threads(1)
     setup = job.prepare(local_rank=0)
     try:
         worker = job.worker(setup, local_rank=0, root=True)
         chunks = pending_chunks(setup.done, chunk_size or default_chunk_size(setup.grid.size))
         recorder = RunRecorder.begin(setup.path, ranks=1, mode="serial", start=setup.start, publish_to=setup.replaces)
         if progress and chunks and worker.plan:
-            print(f"dsurf: {worker.plan}", file=sys.stderr)
+            print(f"dsurf: {worker_line(worker, threads)}", file=sys.stderr)
         bar = Progress(total=int(setup.done.size), initial=int(np.count_nonzero(setup.done)), enabled=progress)
         status = "interrupted"  # where a KeyboardInterrupt or a SystemExit ends it
         try:
-            complete = compute_chunks(worker.evaluate, setup.grid, chunks, recorder, device=worker.device, progress=bar, stop=stop)
+            complete = compute_chunks(worker, setup.grid, chunks, recorder, progress=bar, stop=stop)
             status = "complete" if complete else "interrupted"
         except Exception:
             status = "failed"
@@ -65,16 +74,15 @@ def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True
 
 
 def compute_chunks(
-    evaluate: Evaluate,
+    worker: Worker,
     grid: Grid | PointList,
     chunks: Sequence[np.ndarray],
     recorder: RunRecorder,
     *,
-    device: str,
     progress: Progress | None = None,
     stop: StopRequest | None = None,
 ) -> bool:
-    """Evaluate ``chunks`` (flat point indices) with ``evaluate`` and write each chunk to ``recorder``
+    """Evaluate ``chunks`` (flat point indices) with ``worker`` and write each chunk to ``recorder``
     as soon as it is done. Returns True when every chunk is done, False when ``stop`` asked to stop
     first."""
     stop = stop or NoStop()
@@ -83,7 +91,7 @@ def compute_chunks(
             return False
         try:
             with stop.abandonable():
-                result = evaluate_chunk(evaluate, grid, indices, rank=0, device=device)
+                result = evaluate_chunk(worker, grid, indices, rank=0)
         except Interrupted:
             return False
         recorder.write_result(result)
