@@ -214,6 +214,11 @@ def _first_samples(dataset: Dataset, spec: str, flag: str, count: int) -> Sample
         batch = torch.utils.data.default_collate(items)
     except Exception as exc:  # noqa: BLE001 - ragged items, or items that are not tensors
         raise _unstackable(exc, spec, flag) from exc
+    return _batch_samples(batch, spec, flag)
+
+
+def _batch_samples(batch, spec: str, flag: str) -> Samples:
+    """A collated batch of a Dataset's items (``[inputs, targets]``, or a dict with ``labels``) as Samples."""
     if isinstance(batch, Mapping):
         inputs, targets = _split_labels(dict(batch), spec, flag)
     else:
@@ -289,22 +294,18 @@ def _samples(inputs, targets, spec: str, flag: str) -> Samples:
 
 def _materialise(dataset: Dataset, spec: str, flag: str, max_samples: int | None) -> Samples:
     dataset = _sized(dataset, spec, flag, max_samples)
-    keyword = isinstance(_first_samples(dataset, spec, flag, 1).inputs, dict)  # (checks the items' form)
-    batches = []
+    _first_samples(dataset, spec, flag, 1)  # (checks the items' form)
     try:
-        for batch in DataLoader(dataset, batch_size=1024, shuffle=False):
-            batches.append(_split_labels(dict(batch), spec, flag) if keyword else (batch[0], torch.as_tensor(batch[1])))
+        parts = [_batch_samples(batch, spec, flag) for batch in DataLoader(dataset, batch_size=1024, shuffle=False)]
     except UserError:
         raise
     except Exception as exc:  # a Dataset may fail in any way (a missing image file, a bad index, ragged items)
         raise _unstackable(exc, spec, flag) from exc
-    targets = torch.cat([torch.as_tensor(t) for _, t in batches])
-    if isinstance(batches[0][0], Mapping):
-        keys = list(batches[0][0])
-        inputs = {key: torch.cat([x[key] for x, _ in batches]) for key in keys}
+    if parts[0].keyword:
+        inputs = {key: torch.cat([part.inputs[key] for part in parts]) for key in parts[0].inputs}
     else:
-        inputs = torch.cat([x for x, _ in batches])
-    return _samples(inputs, targets, spec, flag)
+        inputs = torch.cat([part.inputs for part in parts])
+    return _samples(inputs, torch.cat([part.targets for part in parts]), spec, flag)
 
 
 def resolve_loss(spec: str) -> Loss:

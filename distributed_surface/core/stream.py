@@ -56,11 +56,6 @@ class StreamedSamples:
             self._targets = torch.cat([part.targets for part in self.read(READ_BATCH)])
         return self._targets
 
-    @property
-    def nbytes(self) -> int:
-        """An estimate: the first sample's bytes times the number of samples."""
-        return self.slice(0, 1).nbytes * len(self)
-
     def slice(self, start: int, stop: int) -> Samples:
         """Samples ``start .. stop-1``, read now and held in memory (for a few samples)."""
         stop = min(stop, len(self))
