@@ -41,7 +41,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     add("--plane", nargs=2, metavar=("B.pt", "C.pt"), help="the plane through θ0, B and C: d1 = θB − θ0, d2 = θC − θ0")
     add("--bend", metavar="M.pt", help="with --to B.pt: the quadratic Bézier curve from θ0 through M to B, against t (--x)")
     add("--trajectory", metavar="GLOB", help="checkpoints of a training run ('runs/epoch_*.pt'): their first two principal components")
-    add("--directions", metavar="FILE", help="the directions of a surface file, or a torch file of one or two {name: tensor} dicts")
+    add("--directions", metavar="FILE|KIND", help="the directions of a surface file, or a torch file of one or two "
+        "{name: tensor} dicts; or the name of a kind of directions (hessian: the Hessian's top eigenvectors)")
     add("--points", metavar="FILE.csv", help="evaluate these offsets (one or two columns a row) instead of a grid")
     add("--auto-rise", dest="auto_rise", type=float, metavar="FACTOR",
         help="with --x auto / --y auto on random directions: out until the loss is FACTOR times θ0's (default 5)")  # fmt: skip
@@ -256,7 +257,7 @@ def command_plot(args: argparse.Namespace) -> int:
     from .plot import plot_surface
 
     pictures = plot_surface(
-        args.surface, args.out_dir, kinds=args.kind, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
+        args.surface, args.out_dir, pictures=args.kind, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
         log=args.log, fmt=args.fmt,
     )  # fmt: skip
     for picture in pictures:
@@ -267,7 +268,7 @@ def command_plot(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     from .export import export_surface
 
-    print(export_surface(args.surface, args.fmt, out=args.out, kind=args.kind, force=args.force))
+    print(export_surface(args.surface, args.fmt, out=args.out, measure=args.kind, force=args.force))
     return 0
 
 

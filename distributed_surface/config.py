@@ -12,6 +12,9 @@ from pathlib import Path
 from .core.grid import Axis, Grid
 from .core.measurements import TEST, TRAIN
 from .core.options import BUILTIN_LOSS_NAMES, DATA_PLACEMENTS, DIR_TYPES, IGNORE_RULES, NORMS, PRECISIONS, VMAP_MODES
+from .directions import registry
+from .directions.base import DirectionKind
+from .directions.options import check_dimensions, check_options
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -23,9 +26,6 @@ EXAMPLE_MODEL = "distributed_surface.example:trained_digits_cnn"
 EXAMPLE_DATA = "distributed_surface.example:digits_train_data"
 DEFAULT_AXIS = "-1:1:25"
 AUTO_POINTS = 25  # points of an automatic axis (--x auto); --x auto:NUM for others
-# Default spans of the checkpoint kinds: past both ends of a line (θ0 at 0, B at 1), a plane that holds
-# its three models (at (0, 0), (1, 0), (0, 1)), and a curve's t from θ0 to B.
-LINE_AXIS, PLANE_AXIS, BEZIER_AXIS = "-0.5:1.5:41", "-0.5:1.5:25", "0:1:41"
 
 # Fields that decide the surface's values; a resumed run must agree with the file on all of them.
 # The checkpoint is compared by the hash of θ0 it gives, not by its path, which may move.
@@ -38,17 +38,11 @@ SURFACE_FIELDS = (
     "max_test_samples", "precision", "kind", "params", "measure", "hessian_samples", "hessian_params",
 )  # fmt: skip
 
-# Where the directions come from (see kinds.py): random normal directions, or checkpoints and files.
-KINDS = ("random_normal", "interpolate", "plane", "bezier", "pca", "file", "hessian")
 # What is measured at every point: the loss (and accuracy) of each split, or also the Hessian's extreme
 # eigenvalues (of the train split's loss).
 MEASURES = ("loss", "hessian")
 # Which parameters the Hessian is taken over: those with more than one dimension (the paper's), or all.
 HESSIAN_PARAMS = ("weights", "all")
-# Kinds whose directions are not drawn and normalised: --norm and --seed would be ignored (and --ignore,
-# but for PCA, which zeroes the 1-D offsets under biasbn as the paper's code does).
-UNNORMALISED_KINDS = {"interpolate": ("norm", "seed", "ignore"), "plane": ("norm", "seed", "ignore"),
-                      "bezier": ("norm", "seed", "ignore"), "pca": ("norm", "seed"), "file": ("norm", "seed", "ignore")}  # fmt: skip
 
 # Under MPI, rank 0 coordinates; "work": it also evaluates chunks, "coordinate": it only coordinates.
 RANK0_ROLES = ("work", "coordinate")
@@ -85,7 +79,7 @@ class RunConfig:
     workers: int = 0  # DataLoader processes that read streamed data (0: this process reads it)
     rank0: str = "work"
     out: str = "surface.h5"
-    # Directions from checkpoints and files (kinds.py); none of them: random normal directions.
+    # Directions from checkpoints and files (directions/); none of them: random normal directions.
     to: str | None = None  # a line from θ0 to this checkpoint (with bend: the curve's end)
     plane: tuple[str, str] | None = None  # the plane through θ0 and two checkpoints
     bend: str | None = None  # the Bézier curve's middle checkpoint
@@ -119,23 +113,20 @@ class RunConfig:
             raise UserError("--model and --data go together (neither: the built-in example)")
         if isinstance(given.get("plane"), list):
             given["plane"] = tuple(given["plane"])
-        curve = any(name in given for name in ("to", "bend", "points")) and "plane" not in given
-        if ("x" in given or curve) and "y" not in given:
+        # The defaults of the kind the settings select (the first, where two are: validate refuses that)
+        chosen = registry.selected_kinds(cls(**given))
+        kind = chosen[0] if chosen else registry.find(registry.DEFAULT)
+        if ("x" in given or kind.ndim == 1 or "points" in given) and "y" not in given:
             given["y"] = None
-        if "x" not in given and "points" not in given:  # a span that shows the models of the kind
-            for name, span in (("bend", BEZIER_AXIS), ("to", LINE_AXIS), ("plane", PLANE_AXIS)):
-                if name in given:
-                    given["x"] = span
-                    if name == "plane" and "y" not in given:
-                        given["y"] = span
-                    break
-        if any(name in given for name in ("to", "plane", "bend")) and "dir_type" not in given:
-            # Between checkpoints the BatchNorm statistics move too, so that each model is itself at its
-            # point (the paper's interpolation scripts use --dir_type states)
-            given["dir_type"] = "states"
+        if "x" not in given and "points" not in given and kind.default_x is not None:  # a span that shows its models
+            given["x"] = kind.default_x
+            if kind.default_y is not None and "y" not in given:
+                given["y"] = kind.default_y
+        if kind.dir_type is not None and "dir_type" not in given:
+            given["dir_type"] = kind.dir_type
         config = cls(**given)
         config.validate()
-        ignored = [name for name in UNNORMALISED_KINDS.get(config.kind, ()) if name in given]
+        ignored = [name for name in config.direction_kind.ignored_settings if name in given]
         if ignored:
             raise UserError(
                 f"--{ignored[0].replace('_', '-')} has no effect on {config.kind_flag} directions (they are not drawn "
@@ -183,18 +174,8 @@ class RunConfig:
         self._validate_kind()
 
     def _validate_kind(self) -> None:
-        for name in ("to", "bend", "trajectory", "directions", "points", "params"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise UserError(f"--{name} must be a non-empty string")
-        if self.plane is not None and (len(self.plane) != 2 or not all(isinstance(p, str) and p for p in self.plane)):
-            raise UserError("--plane takes two checkpoints: --plane B.pt C.pt")
-        chosen = [flag for flag, value in (("--to", self.to and not self.bend), ("--plane", self.plane),
-                  ("--bend", self.bend), ("--trajectory", self.trajectory), ("--directions", self.directions)) if value]  # fmt: skip
-        if len(chosen) > 1:
-            raise UserError(f"{chosen[0]} and {chosen[1]} each choose the directions: give one of them")
-        if self.bend is not None and self.to is None:
-            raise UserError("--bend M.pt draws the curve from θ0 through M to a checkpoint B: add --to B.pt")
+        check_options(self)
+        self.direction_kind.check(self)  # (refuses two kinds at once)
         _choice("measure", self.measure, MEASURES)
         _choice("hessian-params", self.hessian_params, HESSIAN_PARAMS)
         for name in ("hessian_samples", "top_k", "trace_probes", "density_probes", "lanczos_steps"):
@@ -207,22 +188,7 @@ class RunConfig:
             raise UserError(f"--hessian-tol must be a number between 0 and 1, got {self.hessian_tol!r}")
         if isinstance(self.auto_rise, bool) or not isinstance(self.auto_rise, (int, float)) or not self.auto_rise > 1:
             raise UserError(f"--auto-rise must be a number above 1, got {self.auto_rise!r}")
-        if self.params is not None:
-            try:
-                re.compile(self.params)
-            except re.error as exc:
-                raise UserError(f"--params {self.params!r} is not a regular expression: {exc}") from None
-        two = self.kind in ("plane", "pca")
-        if self.points is not None:
-            if self.y is not None:
-                raise UserError("--points gives the points: leave out --y")
-            if self.kind in ("bezier",):
-                raise UserError("--bend makes its own points: leave out --points")
-        elif two and self.y is None:
-            raise UserError(f"{self.kind_flag} spans a plane: give --y as well as --x")
-        elif self.kind in ("interpolate", "bezier") and self.y is not None:
-            hint = " (--plane B.pt C.pt spans a plane)" if self.kind == "interpolate" else ""
-            raise UserError(f"{self.kind_flag} draws a curve: leave out --y{hint}")
+        check_dimensions(self, self.direction_kind)
 
     @property
     def auto_axes(self) -> tuple[str, ...]:
@@ -230,27 +196,19 @@ class RunConfig:
         return tuple(name for name in ("x", "y") if is_auto(getattr(self, name)))
 
     @property
+    def direction_kind(self) -> DirectionKind:
+        """The kind of directions these settings select (:mod:`.directions.registry`)."""
+        return registry.selected(self)
+
+    @property
     def kind(self) -> str:
-        """Where the directions come from: one of :data:`KINDS`."""
-        if self.bend is not None:
-            return "bezier"
-        if self.to is not None:
-            return "interpolate"
-        if self.plane is not None:
-            return "plane"
-        if self.trajectory is not None:
-            return "pca"
-        if self.directions == "hessian":
-            return "hessian"
-        if self.directions is not None:
-            return "file"
-        return "random_normal"
+        """The name of the kind of directions (stored in the file as ``kind``)."""
+        return self.direction_kind.name
 
     @property
     def kind_flag(self) -> str:
         """The flag that chose the kind, for messages."""
-        return {"bezier": "--bend", "interpolate": "--to", "plane": "--plane", "pca": "--trajectory",
-                "file": "--directions", "hessian": "--directions hessian", "random_normal": "random"}[self.kind]  # fmt: skip
+        return self.direction_kind.flag
 
     @property
     def grid(self) -> Grid:

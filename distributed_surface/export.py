@@ -34,10 +34,10 @@ def default_out(path: str, fmt: str, metric: str) -> Path:
     return surface.with_name(name)
 
 
-def export_surface(path: str, fmt: str, *, out: str | None = None, kind: str = "loss", force: bool = False) -> Path:
+def export_surface(path: str, fmt: str, *, out: str | None = None, measure: str = "loss", force: bool = False) -> Path:
     """Write the surface in ``path`` as ``fmt`` (vtp, vts or csv) to ``out`` and return where.
 
-    ``kind`` picks the measurement used as height ``z`` in the VTK files: a measurement's name
+    ``measure`` (``--kind``) picks the measurement used as height ``z`` in the VTK files: a measurement's name
     (``test_loss``), or a quantity (``loss``, ``acc``) of the first split. An existing ``out`` is
     replaced only where an export wrote it (or with ``force``). The file is written under a temporary
     name and renamed, so a failed export leaves nothing behind."""
@@ -47,10 +47,10 @@ def export_surface(path: str, fmt: str, *, out: str | None = None, kind: str = "
     data = read_any_surface(path)
     if data.points is not None and fmt != "csv":
         raise UserError(f"{path!r} is a list of points, not a grid: export it with --format csv")
-    kind = str(kind)
-    metric = kind if is_measurement_name(kind) else measurement_name(SPLITS[0], kind)
+    measure = str(measure)
+    metric = measure if is_measurement_name(measure) else measurement_name(SPLITS[0], measure)
     if metric not in _metrics(data):
-        raise UserError(f"--kind {kind!r}: {path!r} has no {metric} to export (it holds {', '.join(_metrics(data))})")
+        raise UserError(f"--kind {measure!r}: {path!r} has no {metric} to export (it holds {', '.join(_metrics(data))})")
     target = Path(out) if out else default_out(path, fmt, metric)
     _check_target(target, Path(path), fmt, force)
     if fmt == "csv":
@@ -201,11 +201,11 @@ def _plain(value) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def _header(kind: str) -> str:
+def _header(vtk_type: str) -> str:
     return (
         '<?xml version="1.0"?>\n'
         f"<!-- {MARK} -->\n"
-        f'<VTKFile type="{kind}" version="1.0" byte_order="LittleEndian" header_type="UInt64">\n'
+        f'<VTKFile type="{vtk_type}" version="1.0" byte_order="LittleEndian" header_type="UInt64">\n'
     )
 
 

@@ -7,7 +7,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from .core.measurements import SPLITS, measurement_name, ordered
+from .core.curves import loss_barriers
+from .core.measurements import ordered
 from .lock import describe, holder
 from .storage import SurfaceData, read_surface
 
@@ -75,29 +76,12 @@ def describe_surface(path: str) -> str:
     return "\n".join(lines)
 
 
-def barriers(data: SurfaceData) -> dict[str, float]:
-    """For a Bézier surface, the loss barrier along the curve and along the straight line between its
-    ends: the highest (first split's) loss on each minus the mean of its two ends. Empty for other
-    surfaces, and for a curve not computed whole."""
-    name = measurement_name(SPLITS[0], "loss")
-    if data.frame.get("kind") != "bezier" or data.curve is None or name not in data.metrics:
-        return {}
-    result = {}
-    for index, label in ((0, "curve"), (1, "straight line")):
-        members = np.flatnonzero(data.curve == index)
-        values = np.asarray(data.metrics[name])[members[np.argsort(data.x[members], kind="stable")]]
-        if values.size >= 2 and np.all(np.isfinite(values)):
-            result[label] = float(values.max() - (values[0] + values[-1]) / 2)
-    return result
-
-
 def _directions(data: SurfaceData) -> list[str]:
-    """What the directions are and where they came from."""
+    """What the directions are and where they came from, as their kind recorded it."""
     frame = data.frame
-    kind = frame.get("kind", "?")
-    text = str(kind)
-    if kind == "random_normal":
-        text += f": {frame.get('norm')}-normalised, ignore {frame.get('ignore')}, seed {frame.get('seed')}"
+    text = str(frame.get("kind", "?"))
+    if frame.get("description"):
+        text += f" ({frame['description']})"
     sources = frame.get("sources", [])
     if sources:
         shown = [f"{s['path']} ({s['role']}, sha256 {s['sha256'][:12]})" for s in sources[:3]]
@@ -108,7 +92,7 @@ def _directions(data: SurfaceData) -> list[str]:
     ratios = frame.get("explained_variance_ratio")
     if ratios is not None:
         lines.append("  explained variance: " + ", ".join(f"PC{k + 1} {100 * r:.1f}%" for k, r in enumerate(np.ravel(ratios))))
-    for label, value in barriers(data).items():
+    for label, value in loss_barriers(data.x, data.curve, data.metrics, data.frame.get("curves")).items():
         lines.append(f"  barrier along the {label}: {value:.6g} (the highest loss minus the mean of its ends)")
     if data.points is not None:
         lines.append(f"  evaluated at {len(data.points)} listed points")

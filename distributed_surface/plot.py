@@ -14,6 +14,7 @@ directly, never through pyplot, so it neither changes the caller's backend nor k
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,20 +25,22 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.tri import Triangulation
 
+from .core.curves import curve_names, curve_order, loss_barriers
 from .core.measurements import SPLITS, TEST, TRAIN, measurement_name, ordered, quantity_of
 from .errors import UserError
-from .info import barriers
 from .legacy import is_legacy, read_any_surface
 from .storage import SurfaceData
 
-# kind -> the part of the file name that says what it is
-KINDS_2D = {
+# picture (--kind) -> the part of the file name that says what it is
+PICTURES_2D = {
     "contour": "2d_contour", "contourf": "2d_contourf", "heatmap": "2d_heatmap", "surface": "3d_surface", "gap": "2d_gap",
     "curvature": "2d_curvature",
 }  # fmt: skip
-KINDS_1D = {"curve": "1d"}
-KINDS_POINTS = {"points": "points"}  # a list of points in a plane (--points with two columns)
-KINDS = (*KINDS_2D, *KINDS_1D, *KINDS_POINTS)
+PICTURES_1D = {"curve": "1d"}
+PICTURES_POINTS = {"points": "points"}  # a list of points in a plane (--points with two columns)
+PICTURES = (*PICTURES_2D, *PICTURES_1D, *PICTURES_POINTS)
+# Axis labels of directions that recorded none: (long, short) for d1 and d2.
+GENERIC_LABELS = (("x: offset along direction d1", "x (along d1)"), ("y: offset along direction d2", "y (along d2)"))
 FORMATS = ("png", "pdf", "svg")
 DPI = 150
 
@@ -57,7 +60,7 @@ def plot_surface(
     path: str,
     out_dir: str | None = None,
     *,
-    kinds: Iterable[str] | str | None = None,
+    pictures: Iterable[str] | str | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
     levels: float | None = None,
@@ -67,14 +70,14 @@ def plot_surface(
     """Draw the surface in ``path`` into ``out_dir`` (default: ``<stem>_plots`` next to it) and return
     the files written.
 
-    ``kinds``: names from :data:`KINDS` (a list, or one comma-separated string); None or ``"all"``:
-    every kind that fits the file (the four 2D pictures, or the 1D curve). ``vmin``, ``vmax``: the range
+    ``pictures``: names from :data:`PICTURES` (``--kind``; a list, or one comma-separated string); None
+    or ``"all"``: every picture that fits the file (the four 2D pictures, or the 1D curve). ``vmin``, ``vmax``: the range
     of loss values mapped to colours and levels; ``levels``: the distance between contour levels (the
     paper's ``vlevel``; in decades with ``log``). They apply to loss pictures; accuracy pictures always
     span their data. ``log``: loss on a log scale. ``fmt``: png, pdf or svg.
     """
     fmt = _check_format(fmt)
-    wanted = _parse_kinds(kinds)
+    wanted = _parse_pictures(pictures)
     _check_range(vmin, vmax, levels, log)
     from .storage import is_spectrum
 
@@ -84,14 +87,14 @@ def plot_surface(
         return [_save(_spectrum(path), target / f"{Path(path).stem}_density.{fmt}")]
     data = read_any_surface(path)
     scattered = data.points is not None and data.points.shape[1] == 2 and data.curve is None
-    fits = KINDS_POINTS if scattered else KINDS_1D if data.y is None else KINDS_2D
+    fits = PICTURES_POINTS if scattered else PICTURES_1D if data.y is None else PICTURES_2D
     gaps = _gap_quantities(data)
     curved = all(measurement_name(TRAIN, q) in data.metrics for q in ("hess_max", "hess_min"))
     if wanted is None:
-        wanted = [kind for kind in fits if (kind != "gap" or gaps) and (kind != "curvature" or curved)]
+        wanted = [picture for picture in fits if (picture != "gap" or gaps) and (picture != "curvature" or curved)]
     if "curvature" in wanted and not curved:
         raise UserError(f"--kind curvature: {path!r} holds no Hessian eigenvalues (dsurf run --measure hessian)")
-    misfit = [kind for kind in wanted if kind not in fits]
+    misfit = [picture for picture in wanted if picture not in fits]
     if misfit:
         dims = "points" if scattered else "1D" if data.y is None else "2D"
         raise UserError(
@@ -120,18 +123,18 @@ def plot_surface(
         name = f"{stem}_1d_{_curve_name(data)}{'_log' if log else ''}.{fmt}"
         written.append(_save(_curve(data, style), target / name))
         return written
-    for kind in wanted:
-        if kind == "gap":
+    for picture in wanted:
+        if picture == "gap":
             for quantity in gaps:
-                written.append(_save(_gap(data, quantity), target / f"{stem}_{KINDS_2D[kind]}_{quantity}.{fmt}"))
+                written.append(_save(_gap(data, quantity), target / f"{stem}_{PICTURES_2D[picture]}_{quantity}.{fmt}"))
             continue
-        if kind == "curvature":
-            written.append(_save(_convexity(data), target / f"{stem}_{KINDS_2D[kind]}.{fmt}"))
+        if picture == "curvature":
+            written.append(_save(_convexity(data), target / f"{stem}_{PICTURES_2D[picture]}.{fmt}"))
             continue
         for metric in _metrics(data):
             suffix = "_log" if log and _is_loss(metric) else ""
-            figure = _DRAW_2D[kind](data, metric, style)
-            written.append(_save(figure, target / f"{stem}_{KINDS_2D[kind]}_{metric}{suffix}.{fmt}"))
+            figure = _DRAW_2D[picture](data, metric, style)
+            written.append(_save(figure, target / f"{stem}_{PICTURES_2D[picture]}_{metric}{suffix}.{fmt}"))
     return written
 
 
@@ -145,16 +148,16 @@ def _check_format(fmt: str) -> str:
     return value
 
 
-def _parse_kinds(kinds: Iterable[str] | str | None) -> list[str] | None:
-    if kinds is None:
+def _parse_pictures(pictures: Iterable[str] | str | None) -> list[str] | None:
+    if pictures is None:
         return None
-    items = [kinds] if isinstance(kinds, str) else list(kinds)
+    items = [pictures] if isinstance(pictures, str) else list(pictures)
     names = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
     if not names or "all" in names:
         return None
     for name in names:
-        if name not in KINDS:
-            raise UserError(f"unknown plot kind {name!r} (choose from {', '.join(KINDS)} or all)")
+        if name not in PICTURES:
+            raise UserError(f"unknown plot kind {name!r} (choose from {', '.join(PICTURES)} or all)")
     return list(dict.fromkeys(names))
 
 
@@ -271,20 +274,11 @@ def describe(data: SurfaceData) -> str:
     parts = [model]
     if is_legacy(data):
         parts[0] = f"{model} (loss-landscape file)"
-    kind = data.frame.get("kind", "random_normal")
-    names = [Path(s["path"]).stem for s in data.frame.get("sources", [])]
-    if kind == "interpolate" and names:
-        parts.append(f"line to {names[0]}")
-    elif kind == "plane" and len(names) == 2:
-        parts.append(f"plane through {names[0]} and {names[1]}")
-    elif kind == "bezier" and len(names) == 2:
-        parts.append(f"curve through {names[0]} to {names[1]}")
-    elif kind == "pca":
-        parts.append(f"principal directions of {len(names)} checkpoints")
-    elif kind == "file":
-        parts.append("directions from a file")
-    elif config.get("norm"):
-        parts.append(f"{config['norm']}-normalised directions")
+    # What the directions' kind recorded; files without it (older ones, the paper's) say at most their norm.
+    norm = data.frame.get("norm") if data.frame else config.get("norm")
+    description = data.frame.get("description") or (f"{norm}-normalised directions" if norm else None)
+    if description:
+        parts.append(description)
     if config.get("dir_type") == "states":
         parts.append("states")
     samples = data.attrs.get("num_samples") or config.get("max_samples")
@@ -321,26 +315,17 @@ def _masked(data: SurfaceData, metric: str, log: bool = False) -> np.ma.MaskedAr
 
 
 def _axes_labels(ax, data: SurfaceData, short: bool = False) -> None:
-    kind = data.frame.get("kind")
-    ratios = data.frame.get("explained_variance_ratio")
-    if kind == "pca" and ratios is not None and len(ratios) >= 2:
-        ax.set_xlabel(f"PC1: {100 * ratios[0]:.1f}%")
-        if data.y is not None:
-            ax.set_ylabel(f"PC2: {100 * ratios[1]:.1f}%")
-        return
-    if kind == "bezier" and data.y is None:
-        ax.set_xlabel("t: (1−t)²·θ0 + 2t(1−t)·θM + t²·θB (straight line: (1−t)·θ0 + t·θB)")
-        return
-    if kind == "interpolate":
-        ax.set_xlabel("t: θ0 + t·(θB − θ0)")
-        return
-    if kind == "plane":
-        ax.set_xlabel("x: θ0 + x·(θB − θ0) + y·(θC − θ0)" if not short else "x (towards B)")
-        ax.set_ylabel("y" if not short else "y (towards C)")
-        return
-    ax.set_xlabel("x (along d1)" if short else "x: offset along direction d1")
-    if data.y is not None:
-        ax.set_ylabel("y (along d2)" if short else "y: offset along direction d2")
+    """The axes' labels as the directions' kind recorded them (``short``: for 3D pictures), else generic."""
+    long_labels = _recorded(data, "axis_labels")
+    labels = (_recorded(data, "axis_short_labels") or long_labels) if short else long_labels
+    for k, set_label in enumerate((ax.set_xlabel, ax.set_ylabel)[: 1 if data.y is None else 2]):
+        set_label(labels[k] if k < len(labels) else GENERIC_LABELS[k][1 if short else 0])
+
+
+def _recorded(data: SurfaceData, key: str) -> list[str]:
+    """A list the directions' kind recorded as JSON (none in files made before it was recorded)."""
+    text = data.frame.get(key)
+    return [str(item) for item in json.loads(text)] if isinstance(text, str) else []
 
 
 def markers(data: SurfaceData) -> list[tuple[str, tuple[float, ...]]]:
@@ -652,7 +637,7 @@ def _curve(data: SurfaceData, style: _Style) -> Figure:
     fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=min(len(handles), 4), frameon=False)
     what = " and ".join(["loss"] + (["accuracy"] if accs else []))
     title = f"{' and '.join(splits)} {what}" + (" (log scale)" if style.log else "")
-    heights = barriers(data)
+    heights = loss_barriers(data.x, data.curve, data.metrics, data.frame.get("curves"))
     if heights:
         title += "; barrier " + ", ".join(f"{name} {value:.3g}" for name, value in heights.items())
     ax.set_title(_title(data, title), fontsize=9)
@@ -664,13 +649,8 @@ def _curves(data: SurfaceData) -> list[tuple[str, np.ndarray, float]]:
     for a Bézier surface the curve and the straight line between its ends."""
     if data.curve is None:
         return [("", np.argsort(data.x, kind="stable"), 1.0)]
-    names = {0: " (curve)", 1: " (straight line)"}
-    result = []
-    for index in np.unique(data.curve):
-        members = np.flatnonzero(data.curve == index)
-        order = members[np.argsort(data.x[members], kind="stable")]
-        result.append((names.get(int(index), f" (curve {index})"), order, 1.0 if index == 0 else 0.45))
-    return result
+    names = curve_names(data.frame.get("curves"), data.curve)
+    return [(f" ({name})", curve_order(data.x, data.curve, index), 1.0 if index == 0 else 0.45) for index, name in names.items()]
 
 
 def _scatter(data: SurfaceData, metric: str, style: _Style) -> Figure:
@@ -696,4 +676,4 @@ def _save(fig: Figure, out: Path) -> Path:
     return out
 
 
-__all__: Sequence[str] = ("plot_surface", "default_out_dir", "KINDS", "FORMATS", "describe")
+__all__: Sequence[str] = ("plot_surface", "default_out_dir", "PICTURES", "FORMATS", "describe")

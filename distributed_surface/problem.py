@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .core.host import host_memory_available
 from .core.losses import BUILTIN_LOSSES, Loss, as_loss, logits_of
-from .core.samples import Samples, call_model, to_device
+from .core.measurements import TEST, TRAIN
+from .core.samples import Samples, call_model, tensors_sha256, to_device
 from .core.stream import SamplesDataset, StreamedSamples
 from .errors import UserError
 from .runtime import ranks_on_node
@@ -38,6 +39,41 @@ class Problem:
     model: nn.Module
     splits: dict[str, Samples | StreamedSamples]
     loss: Loss
+
+
+def load_problem(config) -> Problem:
+    """Build the model (with its checkpoint), the data of each split and the loss from ``config`` (a
+    :class:`~.config.RunConfig`)."""
+    model = build_model(config.model)
+    if config.checkpoint is not None:
+        load_checkpoint(model, config.checkpoint)
+    how = {"placement": config.data_placement, "workers": config.workers}
+    splits = {TRAIN: load_data(config.data, config.max_samples, "--data", **how)}
+    if config.test_data is not None:
+        splits[TEST] = load_data(config.test_data, config.max_test_samples, "--test-data", **how)
+    return Problem(model=model, splits=splits, loss=resolve_loss(config.loss))
+
+
+def fingerprint(problem: Problem) -> dict[str, object]:
+    """Content hashes of θ0 and of each split's data, and the sample counts: a resumed run must match
+    them. The train split's are ``data_sha256`` and ``num_samples``; another split's carry its name."""
+    prints: dict[str, object] = {"theta0_sha256": tensors_sha256(problem.model.state_dict().items())}
+    for split, samples in problem.splits.items():
+        prefix = "" if split == TRAIN else f"{split}_"
+        prints[f"{prefix}data_sha256"] = samples.content_sha256()
+        prints[f"{prefix}num_samples"] = len(samples)
+    return prints
+
+
+def fingerprint_what(key: str) -> str:
+    """What a fingerprint key stands for, in words: ``test_data_sha256`` -> "the test data"."""
+    if key == "theta0_sha256":
+        return "the model's weights (θ0)"
+    split = key.rpartition("data_sha256")[0] or key.rpartition("num_samples")[0]
+    split = split.rstrip("_")
+    if key.endswith("num_samples"):
+        return f"the number of {split + ' ' if split else ''}samples"
+    return f"the {split + ' ' if split else ''}data"
 
 
 def import_object(spec: str, what: str):

@@ -21,16 +21,16 @@ from .core.directions import Direction
 from .core.grid import Grid, PointList
 from .core.curvature import CurvatureEvaluator
 from .core.evaluate import BatchError, SurfaceEvaluator
-from .core.measurements import TEST, TRAIN, Measurement
-from .core.samples import tensors_sha256
+from .core.measurements import Measurement
 from .engine.job import Setup, Worker
 from .engine.launcher import world_size
 from .engine.serial import run_serial
 from .engine.stop import StopRequest
 from .errors import UserError
-from .kinds import Frame, check_sources, make_frame, make_layout, read_points
+from .directions.frame import Frame, check_sources, make_frame, make_layout
+from .directions.options import read_points
 from .span import choose_spans
-from .problem import Problem, build_model, check_problem, load_checkpoint, load_data, resolve_device, resolve_loss
+from .problem import Problem, check_problem, fingerprint, fingerprint_what, load_problem, resolve_device
 from .runtime import keep_freed_host_memory
 from .output import check_grid_fits, check_output
 from .lock import WriterLock
@@ -104,7 +104,7 @@ class SurfaceJob:
                 check_sources(config, read_frame(f))
                 layout = stored_layout(config, f)
         else:
-            frame = make_frame(config, problem.model, problem=problem, device=device)
+            frame = make_frame(config, problem, device=device)
             directions, layout = frame.directions, frame.layout
         evaluator = make_evaluator(config, problem, device, directions)
         if config.auto_axes and not resuming:
@@ -172,46 +172,12 @@ def run(
         return run_serial(job, chunk_size=config.chunk_size, progress=progress, stop=stop)
 
 
-def load_problem(config: RunConfig) -> Problem:
-    """Build model (with its checkpoint), the data of each split and the loss from the config."""
-    model = build_model(config.model)
-    if config.checkpoint is not None:
-        load_checkpoint(model, config.checkpoint)
-    how = {"placement": config.data_placement, "workers": config.workers}
-    splits = {TRAIN: load_data(config.data, config.max_samples, "--data", **how)}
-    if config.test_data is not None:
-        splits[TEST] = load_data(config.test_data, config.max_test_samples, "--test-data", **how)
-    return Problem(model=model, splits=splits, loss=resolve_loss(config.loss))
-
-
-def fingerprint(problem: Problem) -> dict[str, object]:
-    """Content hashes of θ0 and of each split's data, and the sample counts: a resumed run must match
-    them. The train split's are ``data_sha256`` and ``num_samples``; another split's carry its name."""
-    prints: dict[str, object] = {"theta0_sha256": tensors_sha256(problem.model.state_dict().items())}
-    for split, samples in problem.splits.items():
-        prefix = "" if split == TRAIN else f"{split}_"
-        prints[f"{prefix}data_sha256"] = samples.content_sha256()
-        prints[f"{prefix}num_samples"] = len(samples)
-    return prints
-
-
-def _fingerprint_what(key: str) -> str:
-    """What a fingerprint key stands for, in words: ``test_data_sha256`` -> "the test data"."""
-    if key == "theta0_sha256":
-        return "the model's weights (θ0)"
-    split = key.rpartition("data_sha256")[0] or key.rpartition("num_samples")[0]
-    split = split.rstrip("_")
-    if key.endswith("num_samples"):
-        return f"the number of {split + ' ' if split else ''}samples"
-    return f"the {split + ' ' if split else ''}data"
-
-
 def check_fingerprint(path: str, expected: dict[str, object]) -> None:
     """Refuse to resume a file computed for other weights or data."""
     with open_checked(path, "r") as f:
         for key, value in expected.items():
             if key in f.attrs and f.attrs[key] != value:
-                raise UserError(f"--resume: {_fingerprint_what(key)} differ from those {path!r} was computed with")
+                raise UserError(f"--resume: {fingerprint_what(key)} differ from those {path!r} was computed with")
 
 
 def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, directions) -> SurfaceEvaluator | CurvatureEvaluator:

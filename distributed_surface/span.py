@@ -1,13 +1,16 @@
 """Automatic spans (``--x auto``, ``--y auto``): the grid is chosen for the user before the run starts.
 
+What span an axis gets is its directions' kind's choice (``DirectionKind.auto_span``); here are the two
+ways the built-in kinds choose:
+
 - Drawn directions (random, or from a file): along each direction, both ways, out to where the first
   split's loss first reaches ``rise`` times its value at θ0, plus a margin. The distance is found with
   a few evaluations: steps doubling from ``FIRST_STEP`` until the loss has risen (at most ``MAX_STEP``),
   then bisection between the last step below and the first above. All points of a round are evaluated
   in one call of the evaluator (a chunk).
 - Checkpoint kinds: the models' own coordinates (θ0 and the checkpoints of ``--to``/``--plane`` at 0
-  and 1, a trajectory's projected checkpoints) plus a margin of a quarter of their extent; a Bézier
-  curve's t from 0 to 1.
+  and 1, a trajectory's projected checkpoints) plus a margin of a quarter of their extent
+  (:func:`model_span`); a Bézier curve's t from 0 to 1.
 
 The chosen span is printed and stored in the file's config; ``--resume`` keeps it.
 """
@@ -87,21 +90,12 @@ def _round(value: float, direction) -> float:
 
 
 def choose_spans(config, frame, evaluate: Callable[[np.ndarray], dict]) -> dict[str, str]:
-    """``MIN:MAX:NUM`` for each automatic axis of ``config`` (a :class:`~.config.RunConfig`), from its
-    directions' ``frame`` (:class:`~.kinds.Frame`) and, for drawn directions, the loss."""
+    """``MIN:MAX:NUM`` for each automatic axis of ``config`` (a :class:`~.config.RunConfig`), as its
+    directions' kind chooses the span from what it made (``frame``: :class:`~.directions.frame.Frame`)
+    and, for drawn directions, the loss."""
     chosen = {}
     for index, name in enumerate(("x", "y")):
-        if name not in config.auto_axes:
-            continue
-        axis = getattr(config.grid, name)
-        kind = config.kind
-        if kind == "bezier":
-            span = (0.0, 1.0)
-        elif kind in ("interpolate", "plane"):
-            span = model_span(np.array([0.0, 1.0]))
-        elif kind == "pca":
-            span = model_span(frame.trajectory[name])
-        else:
-            span = drawn_span(evaluate, len(frame.directions), index, config.auto_rise)
-        chosen[name] = resolved_axis(axis, span)
+        if name in config.auto_axes:
+            span = frame.kind.auto_span(config, frame.made, index, evaluate)
+            chosen[name] = resolved_axis(getattr(config.grid, name), span)
     return chosen

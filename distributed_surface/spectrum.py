@@ -1,4 +1,4 @@
-"""``dsurf hessian``: the Hessian spectrum at θ0, and the Hessian's eigenvectors as directions.
+"""``dsurf hessian``: the Hessian spectrum at θ0.
 
 The Hessian is that of the mean loss over the train split's counted targets (the first
 ``--hessian-samples``, or ``--max-samples``), with respect to the parameters with more than one
@@ -20,82 +20,16 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .core.directions import base_tensors, normalize_direction
-from .core.hessian import (
-    HessianOperator,
-    extreme_eigenpairs,
-    hessian_parameters,
-    hutchinson_trace,
-    spectral_density,
-)
-from .core.measurements import TRAIN
-from .core.samples import to_device
+from .core.hessian import extreme_eigenpairs, hutchinson_trace, spectral_density
 from .errors import UserError
-from .problem import Problem, check_problem, resolve_device
-
-HESSIAN_BATCH = 256  # samples a batch of Hessian-vector products, where --batch-size does not say
-
-
-def operator_for(config: RunConfig, problem: Problem, device: torch.device, world=None) -> HessianOperator:
-    """H at the model's own weights over this rank's part of the train split's first samples."""
-    samples = problem.splits[TRAIN]
-    if config.hessian_samples is not None:
-        samples = samples.slice(0, min(config.hessian_samples, len(samples)))
-    count = problem.loss.loss_count(samples.targets)
-    rank, size = (world.rank, world.size) if world is not None else (0, 1)
-    share = -(-len(samples) // size)
-    mine = samples.slice(rank * share, min(len(samples), (rank + 1) * share))
-    batch = config.batch_size or HESSIAN_BATCH
-    batches = []
-    for start in range(0, len(mine), batch):
-        part = mine.slice(start, min(start + batch, len(mine)))
-        batches.append((to_device(part.inputs, device), part.targets.to(device)))
-    model = problem.model.to(device).eval()
-    try:
-        names = hessian_parameters(model, config.hessian_params)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    reduce = world.sum if world is not None and world.size > 1 else None
-    return HessianOperator(model, names, batches, problem.loss, count, reduce)
-
-
-def check_twice_differentiable(operator: HessianOperator) -> None:
-    """One Hessian-vector product now, so that a loss or model that cannot be differentiated twice
-    (or not by forward-over-reverse) fails with one line naming the op."""
-    try:
-        product = operator.matvec(np.ones(operator.size) / np.sqrt(operator.size))
-    except Exception as exc:  # noqa: BLE001 - whatever torch.func rejects
-        lines = str(exc).strip().splitlines()
-        raise UserError(
-            f"the loss or the model cannot be differentiated twice (Hessian-vector products): "
-            f"{type(exc).__name__}: {lines[0] if lines else ''}"
-        ) from None
-    if not np.all(np.isfinite(product)):
-        raise UserError("a Hessian-vector product at θ0 is not finite: the loss is not twice differentiable there")
-
-
-def hessian_directions(config: RunConfig, problem: Problem, device: torch.device) -> list[dict[str, torch.Tensor]]:
-    """``--directions hessian``: the top two eigenvectors at θ0, as directions over θ0's tensors
-    (zero where the Hessian is not taken), normalised by ``--norm`` as random directions are."""
-    operator = operator_for(config, problem, device)
-    check_twice_differentiable(operator)
-    top = extreme_eigenpairs(operator, k=2, which="LA", tol=config.hessian_tol, seed=config.seed)
-    print(f"dsurf: directions: the Hessian's top eigenvectors at θ0 (eigenvalues {top.values[0]:.6g}, "
-          f"{top.values[1]:.6g}; {top.products} products)", file=sys.stderr)  # fmt: skip
-    base = {name: t.detach().cpu() for name, t in base_tensors(problem.model, config.dir_type).items()}
-    directions = []
-    for vector in top.vectors:
-        pieces = {name: t.cpu() for name, t in operator.split(vector).items()}
-        direction = {name: pieces.get(name, torch.zeros_like(t)).to(t.dtype) for name, t in base.items()}
-        directions.append(normalize_direction(direction, base, config.norm, config.ignore))
-    return directions
+from .hessian_operator import check_twice_differentiable, operator_for
+from .problem import check_problem, load_problem, resolve_device
 
 
 def compute_spectrum(config: RunConfig, world, *, overwrite: bool = False, progress: bool = True) -> str | None:
     """Compute and (rank 0) write the spectrum of ``config``'s problem; return the file written."""
     from .lock import WriterLock
     from .output import check_spectrum_output
-    from .run import load_problem
     from .runtime import use_threads
     from .storage import write_spectrum
 

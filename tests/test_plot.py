@@ -177,7 +177,7 @@ def test_log_pictures(dsurf, files, tmp_path):
     assert rc == 0 and err == "", err
     # the loss is drawn on a log scale (and says so in its name); accuracy is not
     assert [Path(p).name for p in out.split()] == ["s2_2d_contour_train_loss_log.png", "s2_2d_contour_train_acc.png"]
-    linear = plot.plot_surface(str(files["2d"]), str(tmp_path / "lin"), kinds="contour")[0]
+    linear = plot.plot_surface(str(files["2d"]), str(tmp_path / "lin"), pictures="contour")[0]
     assert (tmp_path / out.split()[0]).read_bytes() != linear.read_bytes()
     data = read_any_surface(str(files["2d"]))
     style = plot._Style(vmin=None, vmax=None, step=None, log=True)
@@ -281,7 +281,7 @@ def test_partial_surface_plots_what_is_done(dsurf, files, tmp_path):
     shown = np.ma.getmaskarray(mesh.get_array()).reshape(NY, NX)  # picture rows are y
     np.testing.assert_array_equal(shown, (data.done == 0).T)  # exactly the points not done are blank
     # a partial copy differs from the full surface's pictures
-    full = plot.plot_surface(str(files["2d"]), str(tmp_path / "full"), kinds="heatmap")
+    full = plot.plot_surface(str(files["2d"]), str(tmp_path / "full"), pictures="heatmap")
     assert full[0].read_bytes() != written[4].read_bytes()
 
 
@@ -430,5 +430,5 @@ def test_blown_up_values_plot(files, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pictures = plot.plot_surface(str(files["2d"]), str(tmp_path / "inf"))
-        pictures += plot.plot_surface(str(files["2d"]), str(tmp_path / "inf"), log=True, kinds=["contour", "surface"])
+        pictures += plot.plot_surface(str(files["2d"]), str(tmp_path / "inf"), log=True, pictures=["contour", "surface"])
     assert len(pictures) == 12 and all(p.read_bytes()[:8] == PNG_SIGNATURE for p in pictures)
