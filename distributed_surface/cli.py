@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("surface", metavar="SURFACE.h5")
     plot.add_argument("--out-dir", dest="out_dir", metavar="DIR", help="where to write (default: SURFACE_plots/)")
     plot.add_argument(
-        "--kind", action="append", metavar="KIND",
+        "--kind", dest="pictures", action="append", metavar="KIND",
         help="what to draw (repeat or comma-separate): 2D: contour, contourf, heatmap, surface (3D); "
         "1D: curve; default all that fit the file",
     )  # fmt: skip
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", dest="fmt", required=True, metavar="vtp|vts|csv", help="VTK PolyData, VTK StructuredGrid or CSV")
     export.add_argument("--out", metavar="PATH", help="file to write (default: next to SURFACE, named after it)")
     export.add_argument("--force", action="store_true", help="replace an existing --out that an export did not write")
-    export.add_argument("--kind", default="loss", metavar="NAME",
+    export.add_argument("--kind", dest="measure", default="loss", metavar="NAME",
                         help="vtp/vts: the measurement that is the height z: loss (default), acc (the train split's), "
                         "or a name such as test_loss; every measurement is a point array, and csv holds all")  # fmt: skip
     hessian = commands.add_parser("hessian", help="the Hessian spectrum at θ0: top eigenvalues, trace, density")
@@ -257,7 +257,7 @@ def command_plot(args: argparse.Namespace) -> int:
     from .plot import plot_surface
 
     pictures = plot_surface(
-        args.surface, args.out_dir, pictures=args.kind, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
+        args.surface, args.out_dir, pictures=args.pictures, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
         log=args.log, fmt=args.fmt,
     )  # fmt: skip
     for picture in pictures:
@@ -268,7 +268,7 @@ def command_plot(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     from .export import export_surface
 
-    print(export_surface(args.surface, args.fmt, out=args.out, measure=args.kind, force=args.force))
+    print(export_surface(args.surface, args.fmt, out=args.out, measure=args.measure, force=args.force))
     return 0
 
 

@@ -96,3 +96,33 @@ def test_import_needs_neither_mpi4py_nor_matplotlib():
         "bad = [m for m in ('mpi4py', 'matplotlib') if m in sys.modules]; sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_no_import_circle():
+    """No module imports itself through others (imports inside functions count: they run in the end)."""
+    modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in PACKAGE.rglob("*.py")}  # fmt: skip
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {module: {target for name in imported_modules(path) if (target := resolve(name)) not in (None, module)
+                      and not module.startswith(target + ".")}  # (a package's own __init__ is no circle)
+             for module, path in modules.items()}  # fmt: skip
+    done, path = set(), []
+
+    def visit(module: str) -> None:
+        if module in path:
+            raise AssertionError("import circle: " + " -> ".join(path[path.index(module):] + [module]))
+        if module in done:
+            return
+        path.append(module)
+        for target in sorted(graph[module]):
+            visit(target)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
