@@ -34,7 +34,7 @@ class HessianEigenvectors(DirectionKind):
         values = [float(v) for v in top.values[:2]]
         return Made(
             directions=directions,
-            description=f"the Hessian's top eigenvectors at θ0 (eigenvalues {values[0]:.4g}, {values[1]:.4g}), "
+            description=f"the Hessian's top eigenvectors at θ0, eigenvalues {values[0]:.4g} and {values[1]:.4g}, "
             f"{config.norm}-normalised",
             axis_labels=[f"x: along the top eigenvector (λ1 = {values[0]:.4g})", f"y: along the second (λ2 = {values[1]:.4g})"],
             short_labels=["x (along v1)", "y (along v2)"],
