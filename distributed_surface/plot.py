@@ -71,9 +71,9 @@ def plot_surface(
     the files written.
 
     ``pictures``: names from :data:`PICTURES` (``--kind``; a list, or one comma-separated string); None
-    or ``"all"``: every picture that fits the file (the four 2D pictures, or the 1D curve). ``vmin``, ``vmax``: the range
-    of loss values mapped to colours and levels; ``levels``: the distance between contour levels (the
-    paper's ``vlevel``; in decades with ``log``). They apply to loss pictures; accuracy pictures always
+    or ``"all"``: every picture that fits the file (the four 2D pictures, or the 1D curve). ``vmin``,
+    ``vmax``: the range of loss values mapped to colours and levels; ``levels``: the distance between
+    contour levels (the paper's ``vlevel``; in decades with ``log``). They apply to loss pictures; accuracy pictures always
     span their data. ``log``: loss on a log scale. ``fmt``: png, pdf or svg.
     """
     fmt = _check_format(fmt)

@@ -188,8 +188,10 @@ def test_a_block_of_rows_is_the_direction_s_rows(tiny, registered, settings):
 
 
 def test_the_settings_select_one_kind():
-    assert [RunConfig.build(**s).kind for s in ({}, {"to": "b.pt"}, {"bend": "m.pt", "to": "b.pt"}, {"directions": "hessian"},
-            {"directions": "d.pt"}, {"trajectory": "e*.pt"})] == ["random_normal", "interpolate", "bezier", "hessian", "file", "pca"]  # fmt: skip
+    settings = ({}, {"to": "b.pt"}, {"bend": "m.pt", "to": "b.pt"}, {"directions": "hessian"}, {"directions": "d.pt"},
+                {"trajectory": "e*.pt"})  # fmt: skip
+    kinds = ["random_normal", "interpolate", "bezier", "hessian", "file", "pca"]
+    assert [RunConfig.build(**s).kind for s in settings] == kinds
     with pytest.raises(UserError, match="--trajectory and --directions hessian each choose the directions"):
         RunConfig.build(trajectory="e*.pt", directions="hessian")
 

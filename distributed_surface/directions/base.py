@@ -120,10 +120,11 @@ class DirectionKind(ABC):
     @abstractmethod
     def make(self, config, problem, base: dict[str, torch.Tensor], ndim: int, device) -> Made:
         """Make d1 (and d2) for θ0 = ``base`` (the model's tensors that move: ``--dir-type``), on the CPU.
-        ``problem``: the model, data and loss (:class:`~distributed_surface.problem.Problem`); ``ndim``: how many directions the points ask for (the
-        grid's axes, or ``--points``' columns; a kind with a number of its own gives that and the grid is
-        checked against it); ``device``: where to compute, for kinds that evaluate the model. Runs before
-        ``--params`` restricts the directions. Must give the same result on every rank."""
+        ``problem``: the model, data and loss (:class:`~distributed_surface.problem.Problem`); ``ndim``:
+        how many directions the points ask for (the grid's axes, or ``--points``' columns; a kind with a
+        number of its own gives that, and the grid is checked against it); ``device``: where to compute,
+        for kinds that evaluate the model. Runs before ``--params`` restricts the directions. Must give
+        the same result on every rank."""
 
     def points(self, config) -> PointList | None:
         """The kind's own points (a curve), or None for the grid of ``--x``/``--y`` (or ``--points``)."""

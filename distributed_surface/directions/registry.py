@@ -70,9 +70,10 @@ def kinds() -> dict[str, DirectionKind]:
     if _found is None:
         _found = {}
         for point in entry_points(group=ENTRY_POINT_GROUP):
-            instance = _load(point.value, f"direction kind {point.name!r} (entry point {point.value!r})")
+            what = f"direction kind {point.name!r} (entry point {point.value!r})"
+            instance = _load(point.value, what)
             if instance.name in _builtin or instance.name in _found:
-                raise UserError(f"direction kind {point.name!r} (entry point {point.value!r}): the name {instance.name!r} is taken")
+                raise UserError(f"{what}: the name {instance.name!r} is taken")
             _found[instance.name] = instance
     return {**_builtin, **_found, **_registered}
 
