@@ -12,7 +12,12 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "== building the wheel"
-python3 -m pip wheel -q --disable-pip-version-check --no-deps -w "$tmp/wheel" "$repo"
+# From a copy without build outputs: setuptools never empties build/, so a module since removed would
+# still be packed from there.
+mkdir "$tmp/src"
+tar -C "$repo" -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+  --exclude=__pycache__ --exclude=./site . | tar -C "$tmp/src" -x
+python3 -m pip wheel -q --disable-pip-version-check --no-deps -w "$tmp/wheel" "$tmp/src"
 wheel=$(ls "$tmp"/wheel/distributed_surface-*.whl)
 python3 -m zipfile -l "$wheel" | grep "distributed_surface/templates/dsurf.sbatch.in" > /dev/null \
   || { echo "check_wheel: the wheel lacks the sbatch template" >&2; exit 1; }
