@@ -18,7 +18,7 @@ ROOT = HERE.parent
 # DSURF_BENCH_RESULTS: write results elsewhere (gpu_check.sh --dry-run: a scratch folder, so that toy
 # numbers never replace measured ones).
 RESULTS = Path(os.environ.get("DSURF_BENCH_RESULTS") or HERE / "results")
-FIGURES = HERE / "figures"
+FIGURES = ROOT / "docs" / "figures"  # where the documentation shows them
 # DSURF_BENCH_NO_WAIT=1: do not wait for a quiet machine (a lent GPU's minutes are too few to wait).
 NO_WAIT = bool(os.environ.get("DSURF_BENCH_NO_WAIT"))
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark and rewrite benchmarks/results/*.{json,md} and benchmarks/figures/scaling.png.
+# Run every benchmark and rewrite benchmarks/results/*.{json,md} and docs/figures/scaling.png.
 # About 9 minutes on 2 CPU cores. Each step waits (30 s at a time, a few minutes at most) while other
 # work keeps the machine busy, and records the load in its results file.
 #

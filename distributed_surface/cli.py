@@ -1,4 +1,4 @@
-"""The ``dsurf`` command line: ``run``, ``info``, ``plot``, ``export`` and ``sbatch``."""
+"""The ``dsurf`` command line: ``run``, ``info``, ``plot``, ``export``, ``hessian`` and ``sbatch``."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def _add_sbatch_flags(parser: argparse.ArgumentParser) -> None:
     add("--requeue", action="store_true", help="requeue the job when it stops early, so it resumes the surface")
     add("--srun-mpi", dest="srun_mpi", default="pmix", help="srun --mpi plugin (default pmix)")
     add("--script", metavar="PATH", help="where to write the batch script (default: OUT with .sbatch)")
-    add("--template", metavar="PATH", help="batch script template (default launch/slurm/dsurf.sbatch.in)")
+    add("--template", metavar="PATH", help="batch script template (default: the package's templates/dsurf.sbatch.in)")
     add("--dry-run", dest="dry_run", action="store_true", help="print the script; write and submit nothing")
 
 

@@ -1,4 +1,4 @@
-"""``dsurf sbatch``: a SLURM batch script from the template in ``launch/slurm/``, submitted or printed.
+"""``dsurf sbatch``: a SLURM batch script from the package's template, submitted or printed.
 
 The script runs one task per GPU with ``srun dsurf run ... --resume``, asks SLURM for a warning signal
 before the time limit (the ranks then finish their chunk and close the file as ``interrupted``), and,
@@ -13,12 +13,14 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from string import Template
 
 from .errors import UserError
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "launch" / "slurm" / "dsurf.sbatch.in"
+# Package data (pyproject.toml), so that an installed wheel finds it as well as a checkout does.
+DEFAULT_TEMPLATE = files("distributed_surface") / "templates" / "dsurf.sbatch.in"
 # 3 is what `dsurf run` exits with when a signal stopped it (cli.EXIT_INTERRUPTED).
 EXIT_INTERRUPTED = 3
 

@@ -1,4 +1,4 @@
-"""Direction semantics (DESIGN.md "Direction semantics"): the paper's, exactly."""
+"""Direction semantics (docs/directions.md, "Random directions"): the paper's, exactly."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Every bad input, through ``dsurf`` itself: a non-zero exit, exactly one line on stderr that starts
 with "dsurf: error:" and names the problem, no traceback, and an existing surface file left byte for
-byte as it was (DESIGN.md "Command line")."""
+byte as it was (docs/getting-started.md, "Mistakes get one line")."""
 
 from __future__ import annotations
 

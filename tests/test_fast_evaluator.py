@@ -492,12 +492,12 @@ def test_bad_speed_flags_one_line(dsurf, run_args, flags, words):
     assert len(err.strip().splitlines()) == 1 and all(w in err for w in words), err
 
 
-def test_precision_error_bounds_are_what_the_readme_says():
+def test_precision_error_bounds_are_what_the_docs_say():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    page = (Path(__file__).resolve().parents[1] / "docs" / "performance.md").read_text()
     for precision, bound in PRECISION_LOSS_ERROR.items():
-        assert f"| {precision} | {bound:g} |" in readme, precision
+        assert f"| {precision} | {bound:g} |" in page, precision
     assert PRECISIONS == tuple(PRECISION_LOSS_ERROR)
 
 
