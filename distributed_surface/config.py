@@ -30,7 +30,7 @@ AUTO_POINTS = 25  # points of an automatic axis (--x auto); --x auto:NUM for oth
 # Fields that decide the surface's values; a resumed run must agree with the file on all of them.
 # The checkpoint is compared by the hash of θ0 it gives, not by its path, which may move.
 # The others (where and how fast it runs, where it writes) may change between runs of one surface.
-# precision is one of them: bf16 and tf32 change the values (see the README's error table).
+# precision is one of them: bf16 and tf32 change the values (see the error table in docs/performance.md).
 # The directions' kind is compared, not the paths of the checkpoints or files it came from: those are
 # compared by content (their sha256 is in the file).
 SURFACE_FIELDS = (

@@ -6,7 +6,7 @@ arithmetic (its FLOPs, counted with forward hooks on a probe batch, below ``VMAP
 module call for the device), after checking on a few samples that vmap gives the model's own outputs.
 ``vmap="tune"`` times one point per pass against K per pass instead and keeps the faster. The batch
 size and K follow the free memory (on a CPU: a cache-sized working set) unless given. The numbers
-behind the constants are in benchmarks/README.md.
+behind the constants are in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from .options import PRECISIONS
 # The largest relative error of the loss each precision may bring against fp32: about 4× the largest
 # error measured over whole grids (benchmarks/results/precision_cpu.md). TF32 keeps 10 mantissa bits
 # (GPUs only: on a CPU tf32 is fp32), bfloat16 7. tests/test_fast_evaluator.py holds the evaluator to
-# these bounds and the README shows them.
+# these bounds and docs/performance.md shows them.
 PRECISION_LOSS_ERROR = {"fp32": 1e-6, "tf32": 1e-2, "bf16": 5e-2}
 
 
