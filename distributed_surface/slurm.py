@@ -17,10 +17,9 @@ from pathlib import Path
 from string import Template
 
 from .errors import UserError
+from .storage import Status
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "launch" / "slurm" / "dsurf.sbatch.in"
-# 3 is what `dsurf run` exits with when a signal stopped it (cli.EXIT_INTERRUPTED).
-EXIT_INTERRUPTED = 3
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -109,7 +108,7 @@ def render(
         log=shlex.quote(str(workdir / f"{job.job_name}-%j.out")),
         warning_seconds=job.warning_seconds,
         requeue=int(job.requeue),
-        exit_interrupted=EXIT_INTERRUPTED,
+        exit_interrupted=Status.INTERRUPTED.exit_code,
         srun_mpi=job.srun_mpi,
         command=command,
         status_command=shlex.join([sys.executable, "-m", "distributed_surface", "info", "--status", str(out)]),
