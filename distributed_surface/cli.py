@@ -269,7 +269,7 @@ def command_sbatch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .slurm import JobSpec, render, submit
-    from .storage import MARK, carries_mark, check_target, write_atomically
+    from .storage import MARK, carries_mark, write_atomically
 
     if args.overwrite:
         raise UserError("--overwrite has no place in a batch job: a requeued job would start over; remove the file first")
@@ -296,7 +296,6 @@ def command_sbatch(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(text, end="")
         return 0
-    check_target(script, flag="--script")
     write_atomically(script, lambda temporary: temporary.write_text(text), ours=carries_mark, force=args.force,
                      who="dsurf sbatch", flag="--script")  # fmt: skip
     print(f"wrote {script}", file=sys.stderr)

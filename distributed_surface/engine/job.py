@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..core.grid import Grid, PointList
 from ..errors import UserError
+from ..core.grid import Grid, PointList
 
 Evaluate = Callable[[np.ndarray], dict[str, np.ndarray]]
 

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from ..core.grid import guided_chunks, pending_chunks
 from ..errors import UserError
+from ..core.grid import guided_chunks, pending_chunks
 from ..storage import RunRecorder, Status, io_mode
-from .runtime import use_threads
 from .job import Job, raise_collectively
 from .progress import Progress
+from .runtime import use_threads
 from .serial import ChunkResult, evaluate_chunk, worker_line
 from .stop import Interrupted, StopRequest
 

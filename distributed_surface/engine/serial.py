@@ -12,9 +12,9 @@ import numpy as np
 
 from ..core.grid import Grid, PointList, default_chunk_size, pending_chunks
 from ..storage import RunRecorder, Status
-from .runtime import current_threads, use_threads
 from .job import Job, Worker
 from .progress import Progress
+from .runtime import current_threads, use_threads
 from .stop import Interrupted, NoStop, StopRequest
 
 

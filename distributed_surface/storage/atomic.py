@@ -101,9 +101,11 @@ def write_atomically(
 ) -> Path:
     """Write a whole file at ``path``: ``write(temporary)`` fills a temporary beside it, which is
     synced to disk and renamed over ``path`` in one step, so ``path`` holds the old file or the new one,
-    never a part. An existing file is replaced only under :func:`check_replaceable`'s rule. A failure
-    removes the temporary; an ``OSError`` becomes a :class:`UserError` naming ``path``."""
+    never a part. A target that cannot be written is refused first (:func:`check_target`), and an
+    existing file is replaced only under :func:`check_replaceable`'s rule. A failure removes the
+    temporary; an ``OSError`` becomes a :class:`UserError` naming ``path``."""
     target = Path(path)
+    check_target(target, flag=flag)
     check_replaceable(target, ours=ours, force=force, who=who, flag=flag, force_flag=force_flag)
     temporary = temporary_path(target)
     try:

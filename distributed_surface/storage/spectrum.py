@@ -77,7 +77,10 @@ def write_spectrum(
 
 
 def is_spectrum(path: str) -> bool:
-    """Whether ``path`` is a Hessian spectrum file (rather than a surface)."""
+    """Whether ``path`` is a Hessian spectrum file (rather than a surface). Only a regular file is
+    opened (a FIFO would block the read)."""
+    if not Path(path).is_file():
+        return False
     try:
         with h5py.File(path, "r", locking=False) as f:
             return plain(f.attrs.get("format")) == SPECTRUM_FORMAT
