@@ -232,7 +232,7 @@ def _plot_if_possible(path: str, out_dir: str | None) -> None:
     try:
         pictures = plot_surface(path, out_dir)
     except UserError as exc:  # (a picture in the way that dsurf did not draw: the run itself succeeded)
-        print(f"dsurf: no pictures: {exc}", file=sys.stderr)
+        print(f"dsurf: no pictures: {exc} (dsurf plot {path} draws them)", file=sys.stderr)
         return
     for picture in pictures:
         print(f"wrote {picture}", file=sys.stderr)

@@ -699,7 +699,7 @@ def _save(fig: Figure, out: Path, force: bool) -> Path:
     fmt = out.suffix.lstrip(".")
     metadata = {_MARK_KEYS[fmt]: f"{MARK} {__version__}"}
     return write_atomically(out, lambda temporary: fig.savefig(temporary, format=fmt, dpi=DPI, metadata=metadata),
-                            ours=carries_mark, force=force, who="dsurf plot")  # fmt: skip
+                            ours=carries_mark, force=force, who="dsurf plot", flag="--out-dir")  # fmt: skip
 
 
 # Where each format's metadata names the program that wrote it.

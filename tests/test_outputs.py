@@ -161,3 +161,15 @@ def test_the_mark_is_found_in_the_tail_of_a_large_file(tmp_path):
     path.write_bytes(b"x" * (1 << 20))
     assert not carries_mark(path)
 
+
+
+def test_a_run_leaves_a_foreign_picture_alone_and_still_succeeds(dsurf, tiny, tmp_path):
+    """The pictures a run draws at its end follow the rule too; the run's file is what it was for."""
+    pictures = tmp_path / "s_plots"
+    pictures.mkdir()
+    target = foreign(pictures / "s_2d_contour_train_loss.png")
+    rc, out, err = dsurf("run", "--model", tiny.spec("model"), "--data", tiny.spec("data"), "--no-progress",
+                         "--x", "-1:1:3", "--y", "-1:1:3", "--out", "s.h5")  # fmt: skip
+    assert rc == 0, err
+    assert "no pictures" in err and "did not write" in err and "--force" in err
+    assert target.read_bytes() == FOREIGN
