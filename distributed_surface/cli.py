@@ -7,7 +7,7 @@ import re
 import sys
 
 from .engine.stop import NoStop, StopRequest
-from .errors import UserError
+from .core.errors import UserError
 from .storage import Status
 
 # The signal handlers of the command being run (see main).

@@ -12,7 +12,7 @@ from pathlib import Path
 from .core.grid import Axis, Grid
 from .core.measurements import TEST, TRAIN
 from .core.options import BUILTIN_LOSS_NAMES, DATA_PLACEMENTS, DIR_TYPES, IGNORE_RULES, NORMS, PRECISIONS, VMAP_MODES
-from .errors import UserError
+from .core.errors import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.measurements import SPLITS, is_measurement_name, measurement_name, ordered
-from .errors import UserError
+from .core.errors import UserError
 from .storage import (
     MARK,
     SurfaceData,

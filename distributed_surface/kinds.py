@@ -36,7 +36,7 @@ from .config import RunConfig
 from .core.directions import Direction, base_tensors, difference, is_movable, make_directions, restrict
 from .core.grid import Grid, PointList, bezier_points
 from .core.pca import trajectory_pca
-from .errors import UserError
+from .core.errors import UserError
 from .problem import read_state
 
 

@@ -25,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.tri import Triangulation
 
 from .core.measurements import SPLITS, TEST, TRAIN, measurement_name, ordered, quantity_of
-from .errors import UserError
+from .core.errors import UserError
 from .info import barriers
 from . import __version__
 from .storage import MARK, SurfaceData, carries_mark, is_legacy, read_any_surface, write_atomically

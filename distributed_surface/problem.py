@@ -22,7 +22,7 @@ from .core.host import host_memory_available
 from .core.losses import BUILTIN_LOSSES, Loss, as_loss, logits_of
 from .core.samples import Samples, call_model, to_device
 from .core.stream import SamplesDataset, StreamedSamples
-from .errors import UserError, first_line
+from .core.errors import UserError, first_line
 from .engine.runtime import ranks_on_node
 
 # --data-placement auto streams a Dataset larger than this share of the available host memory.

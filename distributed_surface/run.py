@@ -27,7 +27,7 @@ from .engine.job import Setup, Worker
 from .engine.launcher import world_size
 from .engine.serial import run_serial
 from .engine.stop import StopRequest
-from .errors import UserError
+from .core.errors import UserError
 from .kinds import Frame, check_sources, make_frame, make_layout, read_points
 from .span import choose_spans
 from .problem import Problem, build_model, check_problem, load_checkpoint, load_data, resolve_device, resolve_loss

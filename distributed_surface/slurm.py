@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from .errors import UserError
+from .core.errors import UserError
 from .storage import Status
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "launch" / "slurm" / "dsurf.sbatch.in"

@@ -30,7 +30,7 @@ from .core.hessian import (
 )
 from .core.measurements import TRAIN
 from .core.samples import to_device
-from .errors import UserError, first_line
+from .core.errors import UserError, first_line
 from .problem import Problem, check_problem, resolve_device
 
 HESSIAN_BATCH = 256  # samples a batch of Hessian-vector products, where --batch-size does not say

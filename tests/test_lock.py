@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from distributed_surface.storage import lock as lock_module
-from distributed_surface.errors import UserError
+from distributed_surface.core.errors import UserError
 from distributed_surface.storage.lock import WriterLock, holder, lock_path
 from distributed_surface.storage import leftover_temporaries
 

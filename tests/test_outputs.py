@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from distributed_surface.errors import UserError
+from distributed_surface.core.errors import UserError
 from distributed_surface.storage import MARK, carries_mark, is_spectrum, write_atomically
 from helpers import assert_one_line_error
 

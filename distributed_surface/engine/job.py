@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..core.grid import Grid, PointList
 
 Evaluate = Callable[[np.ndarray], dict[str, np.ndarray]]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..core.grid import guided_chunks, pending_chunks
 from ..storage import RunRecorder, Status, io_mode
 from .job import Job, raise_collectively

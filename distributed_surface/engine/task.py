@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .job import raise_collectively
 from .launcher import world_size
 from .runtime import use_threads

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 # What the tool writes into its text outputs (exports, batch scripts) and pictures' metadata, so that
 # it knows them again.

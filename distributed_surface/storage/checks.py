@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.measurements import Measurement
-from ..errors import UserError
+from ..core.errors import UserError
 from .atomic import check_target
 from .layout import MAX_RUNS, RUN_DTYPE, TIMING_DTYPE
 

@@ -19,7 +19,7 @@ from .. import __version__
 from ..core import measurements as declared
 from ..core.grid import Grid, PointList
 from ..core.measurements import Measurement
-from ..errors import UserError
+from ..core.errors import UserError
 from .atomic import remove, temporary_path
 from .layout import (
     DIRECTION_AXES,

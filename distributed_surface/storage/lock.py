@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .create import leftover_temporaries
 
 # flock fails with these where the file system does not lock (some FUSE and Lustre mounts).

@@ -8,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .layout import DIRECTION_AXES, FORMAT, FORMAT_VERSION
 
 

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from ..core.measurements import SPLITS, TRAIN, measurement_name
-from ..errors import UserError
+from ..core.errors import UserError
 from .layout import FORMAT, RUN_DTYPE, TIMING_DTYPE, plain
 from .read import SurfaceData, read_surface
 from .status import Status

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .atomic import publish, remove
 from .layout import MAX_RUNS, RUN_DTYPE, STAMP_DTYPE, STATUS_DTYPE, fixed, now
 from .status import RUN_STATUSES, Status

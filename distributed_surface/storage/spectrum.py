@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..errors import UserError
+from ..core.errors import UserError
 from .atomic import write_atomically
 from .layout import now, plain
 
