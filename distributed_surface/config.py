@@ -15,7 +15,7 @@ from .core.options import BUILTIN_LOSS_NAMES, DATA_PLACEMENTS, DIR_TYPES, IGNORE
 from .directions import registry
 from .directions.base import DirectionKind
 from .directions.options import check_dimensions, check_options
-from .errors import UserError
+from .core.errors import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib

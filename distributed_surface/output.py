@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import RunConfig
 from .core.host import host_memory_available
 from .core.measurements import Measurement
-from .errors import UserError
+from .core.errors import UserError
 from .storage import check_resumable, check_space, check_writable, open_checked, surface_bytes
 
 # Memory a run's scheduling takes per grid point: the done mask, a point index in a chunk (int64), and

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.grid import PointList
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import DirectionKind
 
 

@@ -20,7 +20,7 @@ import importlib
 from dataclasses import replace
 from importlib.metadata import entry_points
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import DirectionKind
 
 ENTRY_POINT_GROUP = "distributed_surface.directions"
