@@ -5,10 +5,10 @@ The file stores the member's value (the same words as always: ``running``, ``com
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import Enum
 
 
-class Status(StrEnum):
+class Status(str, Enum):
     """A surface file's status, or the outcome of a run on it.
 
     ``running``: a run is writing the file (also a file whose run was killed without warning: no run
@@ -22,6 +22,11 @@ class Status(StrEnum):
     INTERRUPTED = "interrupted"
     FAILED = "failed"
     UNCHANGED = "unchanged"
+
+    # The word itself wherever it is printed or formatted (enum.StrEnum does this, but only from Python
+    # 3.11 on; the package supports 3.10).
+    __str__ = str.__str__
+    __format__ = str.__format__
 
     @property
     def exit_code(self) -> int:
