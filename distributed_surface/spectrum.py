@@ -37,7 +37,7 @@ def compute_spectrum(config: RunConfig, world, *, overwrite: bool = False, progr
     if world.rank == 0:
         try:
             check_spectrum_output(config, overwrite=overwrite)
-            lock = WriterLock(config.out).acquire()
+            lock = WriterLock(config.output.out).acquire()
         except UserError as exc:
             error = str(exc)
     error = world.verdict(error)
@@ -49,13 +49,13 @@ def compute_spectrum(config: RunConfig, world, *, overwrite: bool = False, progr
         operator, error = None, None
         threads = use_threads(world.local_size)
         try:
-            device = resolve_device(config.device, world.local_rank)
+            device = resolve_device(config.evaluation.device, world.local_rank)
             problem = load_problem(config)
             if world.rank == 0:
                 check_problem(problem, device, config.data_flags)
             operator = operator_for(config, problem, device, world)
-            if not 1 <= config.top_k < operator.size:
-                raise UserError(f"--top-k must be between 1 and {operator.size - 1} (the Hessian's parameters less one), got {config.top_k}")
+            if not 1 <= config.hessian.top_k < operator.size:
+                raise UserError(f"--top-k must be between 1 and {operator.size - 1} (the Hessian's parameters less one), got {config.hessian.top_k}")
         except UserError as exc:
             error = str(exc) if world.rank == 0 else f"rank {world.rank}: {exc}"
         error = world.verdict(error)
@@ -64,28 +64,28 @@ def compute_spectrum(config: RunConfig, world, *, overwrite: bool = False, progr
         check_twice_differentiable(operator)
         say = (lambda text: print(f"dsurf: {text}", file=sys.stderr, flush=True)) if world.rank == 0 and progress else (lambda text: None)
         say(f"Hessian of the mean loss over {operator.count} targets, {operator.size:,} parameters "
-            f"({config.hessian_params}), {world.size} rank(s)" + (f"; {threads}" if device.type == "cpu" else ""))  # fmt: skip
+            f"({config.evaluation.hessian_params}), {world.size} rank(s)" + (f"; {threads}" if device.type == "cpu" else ""))  # fmt: skip
         started = time.time()
-        top = extreme_eigenpairs(operator, k=config.top_k, which="LA", tol=config.hessian_tol, seed=config.seed)
-        say(f"top {config.top_k} eigenvalues: {', '.join(f'{v:.6g}' for v in top.values)} ({top.products} products)")
-        bottom = extreme_eigenpairs(operator, k=1, which="SA", tol=config.hessian_tol, seed=config.seed + 1)
+        top = extreme_eigenpairs(operator, k=config.hessian.top_k, which="LA", tol=config.evaluation.hessian_tol, seed=config.evaluation.seed)
+        say(f"top {config.hessian.top_k} eigenvalues: {', '.join(f'{v:.6g}' for v in top.values)} ({top.products} products)")
+        bottom = extreme_eigenpairs(operator, k=1, which="SA", tol=config.evaluation.hessian_tol, seed=config.evaluation.seed + 1)
         say(f"smallest eigenvalue: {bottom.values[0]:.6g} ({bottom.products} products)")
-        trace, stderr = hutchinson_trace(operator, config.trace_probes, seed=config.seed)
-        say(f"trace: {trace:.6g} ± {stderr:.3g} ({config.trace_probes} probes)")
-        density = spectral_density(operator, config.density_probes, config.lanczos_steps, seed=config.seed)
-        say(f"density: {config.density_probes} Lanczos runs of {config.lanczos_steps} steps ({time.time() - started:.1f} s in all)")
+        trace, stderr = hutchinson_trace(operator, config.hessian.trace_probes, seed=config.evaluation.seed)
+        say(f"trace: {trace:.6g} ± {stderr:.3g} ({config.hessian.trace_probes} probes)")
+        density = spectral_density(operator, config.hessian.density_probes, config.hessian.lanczos_steps, seed=config.evaluation.seed)
+        say(f"density: {config.hessian.density_probes} Lanczos runs of {config.hessian.lanczos_steps} steps ({time.time() - started:.1f} s in all)")
         if world.rank != 0:
             return None
         vectors = {name: np.stack([operator.split(v)[name].cpu().numpy() for v in top.vectors]) for name in operator.names}
         write_spectrum(
-            config.out, config_json=config.to_json(), eigenvalues=top.values, eigenvectors=vectors,
+            config.output.out, config_json=config.to_json(), eigenvalues=top.values, eigenvectors=vectors,
             min_eigenvalue=bottom.values[0], trace=trace, trace_stderr=stderr, density_grid=density.grid,
             density=density.density,
             attrs={"parameters": operator.size, "targets": operator.count, "ranks": world.size,
                    "products": operator.products, "seconds": time.time() - started,
-                   "torch_version": str(torch.__version__), "hessian_params": config.hessian_params},
+                   "torch_version": str(torch.__version__), "hessian_params": config.evaluation.hessian_params},
         )  # fmt: skip
-        return config.out
+        return config.output.out
     finally:
         if lock is not None:
             lock.release()

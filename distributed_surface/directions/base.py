@@ -106,7 +106,7 @@ class DirectionKind(ABC):
     def selects(self, config) -> bool:
         """Whether ``config`` selects this kind by its own settings (default: any of :attr:`settings`
         given). A kind without settings is selected by its name (the registry's rule), not here."""
-        return any(getattr(config, name) is not None for name in self.settings)
+        return any(config.value(name) is not None for name in self.settings)
 
     def check(self, config) -> None:
         """Refuse, with one :class:`~distributed_surface.errors.UserError` line, a bad value of this
@@ -136,7 +136,7 @@ class DirectionKind(ABC):
         measurements of a batch of offsets)."""
         from ..span import drawn_span
 
-        return drawn_span(evaluate, len(made.directions), axis, config.auto_rise)
+        return drawn_span(evaluate, len(made.directions), axis, config.directions.auto_rise)
 
     def rows(self, made: Made, axis: int, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` (of the first dimension; a 0-d tensor has one row) of tensor ``name`` of

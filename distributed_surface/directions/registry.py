@@ -17,7 +17,6 @@ A config selects the kind whose settings it gives (``--to``, ``--plane``, ...), 
 from __future__ import annotations
 
 import importlib
-from dataclasses import replace
 from importlib.metadata import entry_points
 
 from ..errors import UserError
@@ -98,10 +97,10 @@ def selected_kinds(config) -> list[DirectionKind]:
     """Every kind ``config`` selects, in the registry's order: those whose settings it gives, and the one
     that ``--directions`` names (which is then a kind's name, not a file's)."""
     known = kinds()
-    named = known.get(config.directions) if isinstance(config.directions, str) else None
+    named = known.get(config.directions.directions) if isinstance(config.directions.directions, str) else None
     if named is not None and named.settings:
         named = None  # a kind with settings of its own is selected by them
-    plain = replace(config, directions=None) if named is not None else config
+    plain = config.replace(directions=None) if named is not None else config
     return [kind for kind in known.values() if kind is named or kind.selects(plain)]
 
 
