@@ -20,6 +20,8 @@ import importlib
 from importlib.metadata import entry_points
 
 from ..errors import UserError
+from ..sections import Directions, SurfaceEvaluation
+from ..settings import declared
 from .base import DirectionKind
 
 ENTRY_POINT_GROUP = "distributed_surface.directions"
@@ -117,4 +119,16 @@ def _instance(kind, what: str) -> DirectionKind:
     instance = kind() if isinstance(kind, type) else kind
     if not isinstance(instance, DirectionKind) or not isinstance(getattr(instance, "name", None), str):
         raise UserError(f"{what} is not a DirectionKind with a name")
+    _check_settings(instance, what)
     return instance
+
+
+def _check_settings(kind: DirectionKind, what: str) -> None:
+    """A kind names declared settings: those that select it are the directions' (sections.py), those it
+    ignores the directions' or the evaluation's (``--seed``)."""
+    selecting = {s.name for s in declared(Directions)}
+    ignorable = selecting | {s.name for s in declared(SurfaceEvaluation)}
+    for names, known in ((kind.settings, selecting), (kind.ignored_settings, ignorable)):
+        for name in names:
+            if name not in known:
+                raise UserError(f"{what} names the setting {name!r}, which is not a declared setting of the directions")
