@@ -168,7 +168,7 @@ def run(
         if world_size() > 1:
             from .engine.mpi import run_distributed
 
-            return run_distributed(job, chunk_size=config.evaluation.chunk_size, rank0=config.rank0, progress=progress, stop=stop)
+            return run_distributed(job, chunk_size=config.evaluation.chunk_size, rank0=config.evaluation.rank0, progress=progress, stop=stop)
         return run_serial(job, chunk_size=config.evaluation.chunk_size, progress=progress, stop=stop)
 
 

@@ -21,8 +21,7 @@ from .core.options import (
 )  # fmt: skip
 from .errors import UserError
 from .settings import (
-    all_of, auto_on_off, count, matching, number_above, number_between, on_off, parse_switch, positive, setting, switch,
-    text, within_64_bits,
+    all_of, count, matching, number_above, number_between, positive, setting, switch_setting, text, within_64_bits,
 )  # fmt: skip
 
 EXAMPLE_MODEL = "distributed_surface.example:trained_digits_cnn"
@@ -50,11 +49,6 @@ def _two_probes(flag: str, value) -> None:
 def _axis_from_toml(value):
     """``x = [-1, 1, 51]`` as well as ``x = "-1:1:51"``."""
     return ":".join(str(v) for v in value) if isinstance(value, list) else value
-
-
-def _switch_from_toml(auto: bool):
-    """``compile = "on"`` (and ``"auto"``) as on the command line."""
-    return lambda value: parse_switch(value, auto=auto) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -189,14 +183,10 @@ class SurfaceEvaluation(Evaluation):
         "fp32", choices=PRECISIONS, identity=True,
         help="fp32 (default, exact), tf32 (GPU TF32 matmuls/convolutions) or bf16 (bfloat16 autocast)",
     )  # fmt: skip
-    compile: bool = setting(
-        False, nargs="?", const=True, type=on_off, metavar="on|off", check=switch(), from_toml=_switch_from_toml(False),
-        help="torch.compile the forward pass (default off)",
-    )  # fmt: skip
-    channels_last: bool | str = setting(
-        "auto", nargs="?", const=True, type=auto_on_off, metavar="auto|on|off", check=switch(auto=True),
-        from_toml=_switch_from_toml(True), help="channels-last memory format for 4-D inputs (default auto: on a CPU, off on a GPU)",
-    )  # fmt: skip
+    compile: bool = switch_setting(False, help="torch.compile the forward pass (default off)")
+    channels_last: bool | str = switch_setting(
+        "auto", auto=True, help="channels-last memory format for 4-D inputs (default auto: on a CPU, off on a GPU)"
+    )
     rank0: str = setting(
         "work", choices=RANK0_ROLES, parser_choices=True,
         help="under MPI: rank 0 also evaluates (work, default) or only coordinates",

@@ -248,27 +248,22 @@ def parse_switch(text, auto: bool = False) -> bool | str:
     return _SWITCH_WORDS.get(word, text)
 
 
-def on_off(text: str) -> bool:
-    """``--compile`` alone, ``--compile=on|off`` (also true/false, yes/no, 1/0)."""
-    value = parse_switch(text)
-    if not isinstance(value, bool):
-        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-    return value
+def switch_setting(default: bool | str, *, auto: bool = False, help: str, **declaration) -> dataclasses.Field:
+    """A switch: ``--compile`` alone is on, ``--compile=on|off`` (also true/false, yes/no, 1/0), and
+    where ``auto``, ``=auto`` (decided later); in TOML ``compile = "on"`` or ``compile = true``."""
+    allowed = f"{'auto, ' if auto else ''}on or off"
 
-
-def auto_on_off(text: str) -> bool | str:
-    """``--channels-last`` alone, ``=on|off``, or ``=auto`` (the evaluator decides)."""
-    value = parse_switch(text, auto=True)
-    if not isinstance(value, bool) and value != "auto":
-        raise argparse.ArgumentTypeError(f"expected auto, on or off, got {text!r}")
-    return value
-
-
-def switch(auto: bool = False) -> Callable[[str, object], None]:
-    """The check of a switch: a bool (or "auto" where ``auto``)."""
+    def parse(text: str) -> bool | str:
+        value = parse_switch(text, auto=auto)
+        if not isinstance(value, bool) and value != "auto":
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        return value
 
     def check(flag: str, value) -> None:
         if not (isinstance(value, bool) or (auto and value == "auto")):
-            raise UserError(f"{flag} must be {'auto, ' if auto else ''}on or off, got {value!r}")
+            raise UserError(f"{flag} must be {allowed}, got {value!r}")
 
-    return check
+    return setting(
+        default, nargs="?", const=True, type=parse, metavar=allowed.replace(", ", "|").replace(" or ", "|"),
+        check=check, from_toml=lambda value: parse_switch(value, auto=auto), help=help, **declaration,
+    )  # fmt: skip
