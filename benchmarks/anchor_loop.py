@@ -177,7 +177,7 @@ def main() -> None:
     # do it before anything is timed, so that the anchor runs with the same allocator throughout. (With
     # glibc's defaults both run 2-3x slower on a CPU: run with MALLOC_MMAP_THRESHOLD_=131072
     # MALLOC_TRIM_THRESHOLD_=131072 to see it.)
-    from distributed_surface.runtime import keep_freed_host_memory
+    from distributed_surface.engine.runtime import keep_freed_host_memory
 
     keep_freed_host_memory()
     variants = [VARIANTS[v] for v in args.variants.split(",")]

@@ -40,7 +40,7 @@ from distributed_surface.core.evaluate import SurfaceEvaluator  # noqa: E402
 from distributed_surface.core.hessian import hessian_parameters  # noqa: E402
 from distributed_surface.core.losses import cross_entropy  # noqa: E402
 from distributed_surface.example import digits_train_data, trained_digits_cnn  # noqa: E402
-from distributed_surface.runtime import keep_freed_host_memory  # noqa: E402
+from distributed_surface.engine.runtime import keep_freed_host_memory  # noqa: E402
 
 OFFSETS = np.array([[0.0, 0.0], [0.05, 0.0], [0.1, 0.0]])  # neighbouring points of a grid row
 # Ours at the default --hessian-tol: eigsh at tol 1e-2 with ncv 20 iterates well past its tolerance,

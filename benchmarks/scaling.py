@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import FIGURES, ROOT, command_line, machine, table, wait_for_quiet, write_results  # noqa: E402
 
-from distributed_surface.storage import read_surface  # noqa: E402
+from distributed_surface.storage import Status, read_surface  # noqa: E402
 
 DSURF = str(ROOT / ".venv" / "bin" / "dsurf")
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -78,7 +78,7 @@ def file_stats(path: Path) -> dict:
         entry["busy_s"] += float(record["seconds"])
     for entry in per_rank.values():
         entry["s_per_point"] = entry["busy_s"] / entry["points"]
-    assert data.status == "complete" and data.done.all(), f"{path}: {data.status}"
+    assert data.status == Status.COMPLETE and data.done.all(), f"{path}: {data.status}"
     t = data.timings
     phase = float(np.max(t["start"] + t["seconds"]) - np.min(t["start"]))  # first chunk's start to last one's end
     return {"wall_s": wall, "phase_s": phase, "per_rank": per_rank, "points": int(data.done.size), "mode": run["mode"].decode()}

@@ -7,7 +7,8 @@ import re
 import sys
 
 from .engine.stop import NoStop, StopRequest
-from .errors import UserError
+from .core.errors import UserError
+from .storage import Status
 
 # The signal handlers of the command being run (see main).
 STOP: StopRequest = NoStop()
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--levels", type=float, metavar="STEP", help="distance between loss contour levels (decades with --log)")
     plot.add_argument("--log", action="store_true", help="loss on a log scale")
     plot.add_argument("--format", dest="fmt", default="png", metavar="png|pdf|svg", help="picture format (default png)")
+    plot.add_argument("--force", action="store_true", help="replace existing pictures that dsurf plot did not draw")
     export = commands.add_parser("export", help="the surface for ParaView (vtp, vts) or a spreadsheet (csv)")
     export.add_argument("surface", metavar="SURFACE.h5")
     export.add_argument("--format", dest="fmt", required=True, metavar="vtp|vts|csv", help="VTK PolyData, VTK StructuredGrid or CSV")
@@ -92,6 +94,7 @@ def _add_sbatch_flags(parser: argparse.ArgumentParser) -> None:
     add("--script", metavar="PATH", help="where to write the batch script (default: OUT with .sbatch)")
     add("--template", metavar="PATH", help="batch script template (default: the package's templates/dsurf.sbatch.in)")
     add("--dry-run", dest="dry_run", action="store_true", help="print the script; write and submit nothing")
+    add("--force", action="store_true", help="replace an existing --script that dsurf sbatch did not write")
 
 
 def run_config(args: argparse.Namespace):
@@ -106,24 +109,16 @@ def run_config(args: argparse.Namespace):
 
 
 def command_hessian(args: argparse.Namespace) -> int:
-    from .engine.launcher import rank, world_size
+    from .engine.launcher import rank
 
     if args.resume:
         raise UserError("dsurf hessian has no --resume: a spectrum is computed whole")
     if args.out is None and not args.config_file:
         args.out = "hessian.h5"
     config = run_config(args)
-    if world_size() > 1:
-        from .engine.mpi import World
-
-        world = World()
-    else:
-        from .engine.job import LocalWorld
-
-        world = LocalWorld()
     from .spectrum import compute_spectrum  # torch: only once the settings are known to be good
 
-    written = compute_spectrum(config, world, overwrite=args.overwrite, progress=not args.no_progress)
+    written = compute_spectrum(config, overwrite=args.overwrite, progress=not args.no_progress)
     if rank() == 0 and written:
         print(f"{written}: Hessian spectrum", file=sys.stderr)
         if not args.no_plot:
@@ -143,24 +138,18 @@ def command_run(args: argparse.Namespace) -> int:
 
     status = run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, stop=STOP)
     if rank() != 0:  # rank 0 speaks for the job
-        return EXIT_CODES[status]
-    if status == "unchanged":
+        return status.exit_code
+    if status == Status.UNCHANGED:
         print(f"{config.output.out}: stopped before its first chunk; the file it was to replace is unchanged "
               "(run again with --overwrite)", file=sys.stderr)  # fmt: skip
-        return EXIT_CODES[status]
-    if status != "complete":
+        return status.exit_code
+    if status != Status.COMPLETE:
         print(f"{config.output.out}: {status}; finished chunks are saved, continue with --resume", file=sys.stderr)
-        return EXIT_CODES[status]
+        return status.exit_code
     print(f"{config.output.out}: {status}", file=sys.stderr)
     if not args.no_plot:
         _plot_if_possible(config.output.out, None)
-    return EXIT_CODES[status]
-
-
-# A run stopped by a signal (SIGUSR1, SIGTERM, SIGINT) closes its file as "interrupted" and exits 3:
-# batch scripts requeue on it.
-EXIT_INTERRUPTED = 3
-EXIT_CODES = {"complete": 0, "interrupted": EXIT_INTERRUPTED, "unchanged": EXIT_INTERRUPTED}
+    return status.exit_code
 
 
 def _plot_if_possible(path: str, out_dir: str | None) -> None:
@@ -169,7 +158,12 @@ def _plot_if_possible(path: str, out_dir: str | None) -> None:
     except ImportError as exc:
         print(f"dsurf: no pictures ({exc}); install matplotlib, then run: dsurf plot {path}", file=sys.stderr)
         return
-    for picture in plot_surface(path, out_dir):
+    try:
+        pictures = plot_surface(path, out_dir)
+    except UserError as exc:  # (a picture in the way that dsurf did not draw: the run itself succeeded)
+        print(f"dsurf: no pictures: {exc} (dsurf plot {path} draws them)", file=sys.stderr)
+        return
+    for picture in pictures:
         print(f"wrote {picture}", file=sys.stderr)
 
 
@@ -186,7 +180,7 @@ def command_plot(args: argparse.Namespace) -> int:
 
     pictures = plot_surface(
         args.surface, args.out_dir, pictures=args.pictures, vmin=args.vmin, vmax=args.vmax, levels=args.levels,
-        log=args.log, fmt=args.fmt,
+        log=args.log, fmt=args.fmt, force=args.force,
     )  # fmt: skip
     for picture in pictures:
         print(picture)
@@ -206,6 +200,7 @@ def command_sbatch(args: argparse.Namespace) -> int:
     from .config import CONFIGS
     from .settings import command_line, given_flags
     from .slurm import JobSpec, render, submit
+    from .storage import MARK, carries_mark, write_atomically
 
     if args.overwrite:
         raise UserError("--overwrite has no place in a batch job: a requeued job would start over; remove the file first")
@@ -221,10 +216,14 @@ def command_sbatch(args: argparse.Namespace) -> int:
     script = Path(args.script or Path(config.output.out).with_suffix(".sbatch")).absolute()
     template = Path(args.template) if args.template else None
     text = render(job, run_args, out=Path(config.output.out), script=script, workdir=Path.cwd(), template=template)
+    # The mark under the first line (the interpreter's), so that dsurf sbatch knows its own script again.
+    first, _, rest = text.partition("\n")
+    text = f"{first}\n# {MARK} (dsurf sbatch)\n{rest}"
     if args.dry_run:
         print(text, end="")
         return 0
-    script.write_text(text)
+    write_atomically(script, lambda temporary: temporary.write_text(text), ours=carries_mark, force=args.force,
+                     who="dsurf sbatch", flag="--script")  # fmt: skip
     print(f"wrote {script}", file=sys.stderr)
     print(f"submitted job {submit(script)}")
     return 0

@@ -18,8 +18,8 @@ from .core.grid import Axis, Grid
 from .core.measurements import TEST, TRAIN
 from .directions import registry
 from .directions.base import DirectionKind
+from .core.errors import UserError
 from .directions.options import check_dimensions
-from .errors import UserError
 from .sections import EXAMPLE_MODEL, Directions, Evaluation, Output, Problem, Spectrum, SurfaceEvaluation
 
 if sys.version_info >= (3, 11):

@@ -14,15 +14,21 @@ computed is an empty field (read as NaN by numpy, pandas and spreadsheets).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .core.measurements import SPLITS, is_measurement_name, measurement_name, ordered
-from .errors import UserError
-from .legacy import read_any_surface
-from .storage import SurfaceData
+from .core.errors import UserError
+from .storage import (
+    MARK,
+    SurfaceData,
+    carries_mark,
+    check_replaceable,
+    check_target,
+    read_any_surface,
+    write_atomically,
+)
 
 FORMATS = ("vtp", "vts", "csv")
 HIDDEN_POINT = 2  # vtkDataSetAttributes::HIDDENPOINT
@@ -39,8 +45,8 @@ def export_surface(path: str, fmt: str, *, out: str | None = None, measure: str 
 
     ``measure`` (``--kind``) picks the measurement used as height ``z`` in the VTK files: a measurement's name
     (``test_loss``), or a quantity (``loss``, ``acc``) of the first split. An existing ``out`` is
-    replaced only where an export wrote it (or with ``force``). The file is written under a temporary
-    name and renamed, so a failed export leaves nothing behind."""
+    replaced only where an export wrote it (or with ``force``); one that is not a regular file is refused.
+    The file is written under a temporary name and renamed, so a failed export leaves nothing behind."""
     fmt = str(fmt).lower().lstrip(".")
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -52,56 +58,33 @@ def export_surface(path: str, fmt: str, *, out: str | None = None, measure: str 
     if metric not in _metrics(data):
         raise UserError(f"--kind {measure!r}: {path!r} has no {metric} to export (it holds {', '.join(_metrics(data))})")
     target = Path(out) if out else default_out(path, fmt, metric)
-    _check_target(target, Path(path), fmt, force)
+    check_target(target)
+    if target.exists() and target.resolve() == Path(path).resolve():
+        raise UserError(f"--out {str(target)!r} is the surface file itself")
+    rule = {"ours": lambda p: _an_export(p, fmt), "force": force, "who": "an export"}
+    check_replaceable(target, **rule)  # (before the text is made)
     if fmt == "csv":
         text = csv_text(data)
     elif fmt == "vtp":
         text = vtp_text(data, metric)
     else:
         text = vts_text(data, metric)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="ascii")
-        os.replace(temporary, target)
-    except OSError as exc:
-        try:
-            temporary.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise UserError(f"--out {str(target)!r}: {exc.strerror or exc}") from None
-    return target
+    return write_atomically(target, lambda temporary: temporary.write_text(text, encoding="ascii"), **rule)
 
 
-def _check_target(target: Path, source: Path, fmt: str, force: bool) -> None:
-    if target.is_dir() or str(target).endswith(("/", os.sep)):
-        raise UserError(f"--out {str(target)!r} is a directory")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"--out {str(target)!r}: directory {str(parent)!r} does not exist")
-    if os.statvfs(parent).f_flag & os.ST_RDONLY:
-        raise UserError(f"--out {str(target)!r}: {str(parent)!r} is on a read-only file system")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"--out {str(target)!r}: permission denied")
-    if target.exists() and target.resolve() == source.resolve():
-        raise UserError(f"--out {str(target)!r} is the surface file itself")
-    if target.exists() and not force and not _an_export(target, fmt):
-        raise UserError(f"--out {str(target)!r} exists and an export did not write it: pass --force to replace it")
-
-
-# VTK files carry this comment; a CSV file is known by its header (x[, y], then measurement names).
-MARK = "written by distributed_surface"
+# VTK files carry the mark in a comment; a CSV file is known by its header (x[, y], then measurement names).
 POINT_COLUMNS = ("a", "b")  # a list of points' offsets along d1 and d2
 
 
 def _an_export(path: Path, fmt: str) -> bool:
     """Whether ``path`` is a file an export wrote (so that exporting again may replace it)."""
+    if fmt != "csv":
+        return carries_mark(path)
     try:
         with path.open("rb") as handle:
             head = handle.read(4096).decode("ascii", errors="replace")
     except OSError:
         return False
-    if fmt != "csv":
-        return MARK in head
     columns = head.splitlines()[0].split(",") if head else []
     names = [c for c in (columns[2:] if columns[:2] == ["x", "y"] else columns[1:]) if c not in (*POINT_COLUMNS, "curve")]
     return columns[:1] == ["x"] and bool(names) and all(is_measurement_name(n) for n in names)

@@ -9,17 +9,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import HessianConfig, RunConfig
 from .core.hessian import HessianOperator, hessian_parameters
 from .core.measurements import TRAIN
 from .core.samples import to_device
-from .errors import UserError
+from .core.errors import UserError, first_line
 from .problem import Problem
 
 HESSIAN_BATCH = 256  # samples a batch of Hessian-vector products, where --batch-size does not say
 
 
-def operator_for(config: RunConfig, problem: Problem, device: torch.device, world=None) -> HessianOperator:
+def operator_for(config: RunConfig | HessianConfig, problem: Problem, device: torch.device, world=None) -> HessianOperator:
     """H at the model's own weights over this rank's part of the train split's first samples."""
     samples = problem.splits[TRAIN]
     if config.evaluation.hessian_samples is not None:
@@ -48,10 +48,8 @@ def check_twice_differentiable(operator: HessianOperator) -> None:
     try:
         product = operator.matvec(np.ones(operator.size) / np.sqrt(operator.size))
     except Exception as exc:  # noqa: BLE001 - whatever torch.func rejects
-        lines = str(exc).strip().splitlines()
         raise UserError(
-            f"the loss or the model cannot be differentiated twice (Hessian-vector products): "
-            f"{type(exc).__name__}: {lines[0] if lines else ''}"
+            f"the loss or the model cannot be differentiated twice (Hessian-vector products): {first_line(exc)}"
         ) from None
     if not np.all(np.isfinite(product)):
         raise UserError("a Hessian-vector product at θ0 is not finite: the loss is not twice differentiable there")

@@ -9,15 +9,15 @@ import numpy as np
 
 from .core.curves import loss_barriers
 from .core.measurements import ordered
-from .lock import describe, holder
-from .storage import SurfaceData, read_surface
+from .storage import Status, SurfaceData, read_surface
+from .storage.lock import describe, holder
 
 
 def effective_status(data: SurfaceData) -> str:
     """The file's status, where a file left "running" by a run that is gone (killed without warning:
     no live run holds its lock) is "interrupted", as a run that stopped on a signal leaves it."""
-    if data.status == "running" and holder(data.path) is None:
-        return "interrupted"
+    if data.status == Status.RUNNING and holder(data.path) is None:
+        return Status.INTERRUPTED
     return data.status
 
 
@@ -51,13 +51,13 @@ def describe_surface(path: str) -> str:
         return describe_spectrum(path)
     data = read_surface(path)
     done, total = data.progress
-    owner = holder(path) if data.status == "running" else None
-    if data.status != "running":
+    owner = holder(path) if data.status == Status.RUNNING else None
+    if data.status != Status.RUNNING:
         status = data.status
     elif owner is not None:
-        status = f"running ({describe(owner)})"
+        status = f"{Status.RUNNING} ({describe(owner)})"
     else:
-        status = "interrupted (its last run was killed without warning: --resume continues it)"
+        status = f"{Status.INTERRUPTED} (its last run was killed without warning: --resume continues it)"
     lines = [
         f"file:      {path}",
         f"status:    {status}",
@@ -128,7 +128,7 @@ def _runs(data: SurfaceData, alive: bool) -> list[str]:
     lines = [f"runs:      {len(data.runs)}"]
     for k, run in enumerate(data.runs):
         status = run["status"].decode()
-        if status == "running" and (k < len(data.runs) - 1 or not alive):
+        if status == Status.RUNNING and (k < len(data.runs) - 1 or not alive):
             status = "killed"  # a later run started, or no run holds the file: this one never closed it
         lines.append(
             f"  run {int(run['index']) if 'index' in (run.dtype.names or ()) else k}: {_stamp(run['start'])} -> {_stamp(run['end'])}  {status}, "

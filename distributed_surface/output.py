@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RunConfig
+from .config import HessianConfig, RunConfig
 from .core.host import host_memory_available
 from .core.measurements import Measurement
-from .errors import UserError
+from .core.errors import UserError
 from .storage import check_resumable, check_space, check_writable, open_checked, surface_bytes
 
 # Memory a run's scheduling takes per grid point: the done mask, a point index in a chunk (int64), and
@@ -71,7 +71,7 @@ def check_grid_fits(config: RunConfig) -> None:
         raise UserError(f"the grid's {points:,} points: {exc}") from None
 
 
-def check_spectrum_output(config: RunConfig, *, overwrite: bool) -> None:
+def check_spectrum_output(config: HessianConfig, *, overwrite: bool) -> None:
     """``dsurf hessian``'s output may be written: an existing file only with ``--overwrite``, and only
     where it is a spectrum file."""
     check_writable(config.output.out)

@@ -6,7 +6,7 @@ and accuracy of each split), and where the file has a test split, the generalisa
 splits (``gap``: test loss − train loss, train accuracy − test accuracy). 1D surfaces: loss and accuracy
 on twin axes (``curve``), train solid and test dashed. Points not computed yet are masked (left blank) and the title says so, so a
 running or interrupted surface plots too. Files of the paper's own code are read as well
-(:mod:`distributed_surface.legacy`).
+(:mod:`distributed_surface.storage.paper`).
 
 This is the one module that imports matplotlib. It draws on :class:`matplotlib.figure.Figure` objects
 directly, never through pyplot, so it neither changes the caller's backend nor keeps figures alive.
@@ -27,9 +27,9 @@ from matplotlib.tri import Triangulation
 
 from .core.curves import curve_names, curve_order, loss_barriers
 from .core.measurements import SPLITS, TEST, TRAIN, measurement_name, ordered, quantity_of
-from .errors import UserError
-from .legacy import is_legacy, read_any_surface
-from .storage import SurfaceData
+from .core.errors import UserError
+from . import __version__
+from .storage import MARK, SurfaceData, carries_mark, is_legacy, read_any_surface, write_atomically
 
 # picture (--kind) -> the part of the file name that says what it is
 PICTURES_2D = {
@@ -66,6 +66,7 @@ def plot_surface(
     levels: float | None = None,
     log: bool = False,
     fmt: str = "png",
+    force: bool = False,
 ) -> list[Path]:
     """Draw the surface in ``path`` into ``out_dir`` (default: ``<stem>_plots`` next to it) and return
     the files written.
@@ -74,7 +75,8 @@ def plot_surface(
     or ``"all"``: every picture that fits the file (the four 2D pictures, or the 1D curve). ``vmin``,
     ``vmax``: the range of loss values mapped to colours and levels; ``levels``: the distance between
     contour levels (the paper's ``vlevel``; in decades with ``log``). They apply to loss pictures; accuracy pictures always
-    span their data. ``log``: loss on a log scale. ``fmt``: png, pdf or svg.
+    span their data. ``log``: loss on a log scale. ``fmt``: png, pdf or svg. An existing picture is
+    replaced only where ``dsurf plot`` drew it, or with ``force``.
     """
     fmt = _check_format(fmt)
     wanted = _parse_pictures(pictures)
@@ -84,7 +86,7 @@ def plot_surface(
     if is_spectrum(path):
         target = Path(out_dir) if out_dir else default_out_dir(path)
         target.mkdir(parents=True, exist_ok=True)
-        return [_save(_spectrum(path), target / f"{Path(path).stem}_density.{fmt}")]
+        return [_save(_spectrum(path), target / f"{Path(path).stem}_density.{fmt}", force)]
     data = read_any_surface(path)
     scattered = data.points is not None and data.points.shape[1] == 2 and data.curve is None
     fits = PICTURES_POINTS if scattered else PICTURES_1D if data.y is None else PICTURES_2D
@@ -117,24 +119,24 @@ def plot_surface(
     if scattered:
         for metric in _metrics(data):
             suffix = "_log" if log and _is_loss(metric) else ""
-            written.append(_save(_scatter(data, metric, style), target / f"{stem}_points_{metric}{suffix}.{fmt}"))
+            written.append(_save(_scatter(data, metric, style), target / f"{stem}_points_{metric}{suffix}.{fmt}", force))
         return written
     if data.y is None:
         name = f"{stem}_1d_{_curve_name(data)}{'_log' if log else ''}.{fmt}"
-        written.append(_save(_curve(data, style), target / name))
+        written.append(_save(_curve(data, style), target / name, force))
         return written
     for picture in wanted:
         if picture == "gap":
             for quantity in gaps:
-                written.append(_save(_gap(data, quantity), target / f"{stem}_{PICTURES_2D[picture]}_{quantity}.{fmt}"))
+                written.append(_save(_gap(data, quantity), target / f"{stem}_{PICTURES_2D[picture]}_{quantity}.{fmt}", force))
             continue
         if picture == "curvature":
-            written.append(_save(_convexity(data), target / f"{stem}_{PICTURES_2D[picture]}.{fmt}"))
+            written.append(_save(_convexity(data), target / f"{stem}_{PICTURES_2D[picture]}.{fmt}", force))
             continue
         for metric in _metrics(data):
             suffix = "_log" if log and _is_loss(metric) else ""
             figure = _DRAW_2D[picture](data, metric, style)
-            written.append(_save(figure, target / f"{stem}_{PICTURES_2D[picture]}_{metric}{suffix}.{fmt}"))
+            written.append(_save(figure, target / f"{stem}_{PICTURES_2D[picture]}_{metric}{suffix}.{fmt}", force))
     return written
 
 
@@ -671,9 +673,17 @@ def _scatter(data: SurfaceData, metric: str, style: _Style) -> Figure:
     return fig
 
 
-def _save(fig: Figure, out: Path) -> Path:
-    fig.savefig(out, dpi=DPI)
-    return out
+def _save(fig: Figure, out: Path, force: bool) -> Path:
+    """Write ``fig`` to ``out``, marked as ours in its metadata (an existing picture is replaced only
+    where it carries the mark, or with ``force``: see :func:`~.storage.atomic.write_atomically`)."""
+    fmt = out.suffix.lstrip(".")
+    metadata = {_MARK_KEYS[fmt]: f"{MARK} {__version__}"}
+    return write_atomically(out, lambda temporary: fig.savefig(temporary, format=fmt, dpi=DPI, metadata=metadata),
+                            ours=carries_mark, force=force, who="dsurf plot", flag="--out-dir")  # fmt: skip
+
+
+# Where each format's metadata names the program that wrote it.
+_MARK_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator"}
 
 
 __all__: Sequence[str] = ("plot_surface", "default_out_dir", "PICTURES", "FORMATS", "describe")

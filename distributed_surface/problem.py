@@ -23,8 +23,8 @@ from .core.losses import BUILTIN_LOSSES, Loss, as_loss, logits_of
 from .core.measurements import TEST, TRAIN
 from .core.samples import Samples, call_model, tensors_sha256, to_device
 from .core.stream import SamplesDataset, StreamedSamples
-from .errors import UserError
-from .runtime import ranks_on_node
+from .core.errors import UserError, first_line
+from .engine.runtime import ranks_on_node
 
 # --data-placement auto streams a Dataset larger than this share of the available host memory.
 HOST_DATA_FRACTION = 0.5
@@ -43,7 +43,8 @@ class Problem:
 
 def load_problem(config) -> Problem:
     """Build the model (with its checkpoint), the data of each split and the loss from ``config`` (a
-    :class:`~.config.RunConfig`)."""
+    :class:`~.config.RunConfig` or :class:`~.config.HessianConfig`: their ``problem`` section, and where
+    the data is kept, from their ``evaluation``)."""
     model = build_model(config.problem.model)
     if config.problem.checkpoint is not None:
         load_checkpoint(model, config.problem.checkpoint)
@@ -95,21 +96,16 @@ def import_object(spec: str, what: str):
                 module_spec.loader.exec_module(module)
             except Exception as exc:
                 del sys.modules[module_name]
-                raise UserError(f"{what} {spec!r}: importing {str(path)!r} failed: {_describe(exc)}") from exc
+                raise UserError(f"{what} {spec!r}: importing {str(path)!r} failed: {first_line(exc)}") from exc
     else:
         try:
             module = importlib.import_module(module_part)
         except Exception as exc:
-            raise UserError(f"{what} {spec!r}: cannot import module {module_part!r}: {_describe(exc)}") from exc
+            raise UserError(f"{what} {spec!r}: cannot import module {module_part!r}: {first_line(exc)}") from exc
     try:
         return getattr(module, attr)
     except AttributeError:
         raise UserError(f"{what} {spec!r}: module {module_part!r} has no attribute {attr!r}") from None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _call(spec: str, what: str):
@@ -119,7 +115,7 @@ def _call(spec: str, what: str):
     try:
         return factory()
     except Exception as exc:
-        raise UserError(f"{what} {spec!r} raised {_describe(exc)}") from exc
+        raise UserError(f"{what} {spec!r} raised {first_line(exc)}") from exc
 
 
 def build_model(spec: str) -> nn.Module:
@@ -154,7 +150,7 @@ def read_state(path: str, model: nn.Module, flag: str, *, mmap: bool = False) ->
         except Exception as exc:  # torch raises many kinds for a damaged or foreign file
             if mapped:
                 continue  # (an old-format file cannot be mapped: read it whole)
-            raise UserError(f"{flag} {path!r} is not a readable torch checkpoint of tensors: {_describe(exc)}") from exc
+            raise UserError(f"{flag} {path!r} is not a readable torch checkpoint of tensors: {first_line(exc)}") from exc
     state = loaded
     if isinstance(loaded, dict):
         for key in ("state_dict", "model"):
@@ -238,7 +234,7 @@ def _first_samples(dataset: Dataset, spec: str, flag: str, count: int) -> Sample
     try:
         items = [dataset[i] for i in range(min(count, len(dataset)))]
     except Exception as exc:  # a Dataset may fail in any way (a missing image file, a bad index)
-        raise UserError(f"{flag} {spec!r}: reading its first samples failed: {_describe(exc)}") from exc
+        raise UserError(f"{flag} {spec!r}: reading its first samples failed: {first_line(exc)}") from exc
     first = items[0]
     if isinstance(first, Mapping):
         _split_labels(dict(first), spec, flag)  # raises where 'labels' is missing, naming the keys
@@ -266,7 +262,7 @@ def _unstackable(exc: Exception, spec: str, flag: str) -> UserError:
     hint = ""
     if "stack expects each tensor to be equal size" in str(exc) or "resize" in str(exc):
         hint = " (samples must have equal shapes: pad sequences, with attention_mask 0 and labels -100 on the padding)"
-    return UserError(f"{flag} {spec!r}: its samples cannot be stacked into batches{hint}: {_describe(exc)}")
+    return UserError(f"{flag} {spec!r}: its samples cannot be stacked into batches{hint}: {first_line(exc)}")
 
 
 def _streamed(dataset: Dataset, spec: str, flag: str, workers: int) -> StreamedSamples:
@@ -386,7 +382,7 @@ def check_problem(problem: Problem, device: torch.device, flags: Mapping[str, st
             with torch.no_grad():
                 out = call_model(model, x)
         except Exception as exc:
-            raise UserError(f"the model rejects {flag} (inputs {_shapes(samples)}): {_describe(exc)}") from exc
+            raise UserError(f"the model rejects {flag} (inputs {_shapes(samples)}): {first_line(exc)}") from exc
         try:
             out = logits_of(out)
         except ValueError as exc:
@@ -395,9 +391,8 @@ def check_problem(problem: Problem, device: torch.device, flags: Mapping[str, st
             with torch.no_grad():
                 problem.loss.check(out, y, samples.targets)
         except Exception as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
-                f"the loss rejects the model's outputs {tuple(out.shape)} and the targets {tuple(y.shape)} of {flag}: {message}"
+                f"the loss rejects the model's outputs {tuple(out.shape)} and the targets {tuple(y.shape)} of {flag}: {first_line(exc)}"
             ) from exc
         if problem.loss.loss_count(samples.targets) < 1:
             raise UserError(f"{flag}: every target is ignored (-100): there is nothing to average the loss over")

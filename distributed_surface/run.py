@@ -26,26 +26,25 @@ from .engine.job import Setup, Worker
 from .engine.launcher import world_size
 from .engine.serial import run_serial
 from .engine.stop import StopRequest
-from .errors import UserError
+from .core.errors import UserError
 from .directions.frame import Frame, check_sources, make_frame, make_layout
 from .directions.options import read_points
 from .span import choose_spans
 from .problem import Problem, check_problem, fingerprint, fingerprint_what, load_problem, resolve_device
-from .runtime import keep_freed_host_memory
+from .engine.runtime import keep_freed_host_memory
 from .output import check_grid_fits, check_output
-from .lock import WriterLock
-from .lock import describe as describe_owner
 from .storage import (
+    Status,
     check_space,
     check_writable,
     create_surface,
-    leftover_temporaries,
     open_checked,
     publish,
     read_directions,
     read_frame,
     stored_measurements,
     surface_bytes,
+    take_lock,
 )
 
 
@@ -157,7 +156,7 @@ class SurfaceJob:
 
 def run(
     config: RunConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True, stop: StopRequest | None = None
-) -> str:
+) -> Status:
     """Compute the surface of ``config``: distributed where this process is one of several MPI ranks,
     else in this process. Returns the file's final status. Signals (SIGUSR1, SIGTERM, SIGINT) stop the
     run through ``stop`` (default: handlers installed for the run)."""
@@ -211,7 +210,7 @@ def create_file(
     config: RunConfig, measurements: list[Measurement], frame: Frame, prints: dict[str, object], *, replacing: bool
 ) -> Path:
     """Write a new, empty surface file for this run beside ``config.output.out``; return where (see
-    :func:`~.storage.create_surface`). Refused where the disk cannot hold it."""
+    :func:`~.storage.create.create_surface`). Refused where the disk cannot hold it."""
     arrays = [{k: v.detach().cpu().numpy() for k, v in d.items()} for d in frame.directions]
     nbytes = surface_bytes(frame.layout.size, measurements, sum(a.nbytes for d in arrays for a in d.values()),
                            datasets=sum(len(d) for d in arrays))  # fmt: skip
@@ -240,20 +239,6 @@ def stored_layout(config: RunConfig, f) -> Grid | PointList:
     if config.directions.points is not None and read_points(config.directions.points) != layout:
         raise UserError(f"--resume: --points {config.directions.points!r} holds other points than {config.output.out!r}")
     return layout
-
-
-def take_lock(path: str) -> WriterLock:
-    """The file's writer lock, and the leftovers of runs that died removed (they held it last)."""
-    lock = WriterLock(path).acquire()
-    if lock.previous:
-        print(f"dsurf: took over the lock of {path!r} from a run that is gone ({describe_owner(lock.previous)})", file=sys.stderr)
-    for leftover in leftover_temporaries(path):
-        try:
-            leftover.unlink()
-            print(f"dsurf: removed {str(leftover)!r}, left by a run that was killed", file=sys.stderr)
-        except OSError:
-            pass
-    return lock
 
 
 def describe_plan(evaluator: SurfaceEvaluator) -> str:

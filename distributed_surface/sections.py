@@ -19,7 +19,7 @@ from .core.options import (
     BUILTIN_LOSS_NAMES, DATA_PLACEMENTS, DIR_TYPES, HESSIAN_PARAMS, IGNORE_RULES, MEASURES, NORMS, PRECISIONS,
     RANK0_ROLES, VMAP_MODES,
 )  # fmt: skip
-from .errors import UserError
+from .core.errors import UserError
 from .settings import (
     all_of, count, matching, number_above, number_between, positive, setting, switch_setting, text, within_64_bits,
 )  # fmt: skip

@@ -24,7 +24,7 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import UserError
+from .core.errors import UserError
 
 _KEY = "setting"  # where a field's metadata holds its declaration
 

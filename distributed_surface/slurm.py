@@ -17,12 +17,11 @@ from importlib.resources import files
 from pathlib import Path
 from string import Template
 
-from .errors import UserError
+from .core.errors import UserError
+from .storage import Status
 
 # Package data (pyproject.toml), so that an installed wheel finds it as well as a checkout does.
 DEFAULT_TEMPLATE = files("distributed_surface") / "templates" / "dsurf.sbatch.in"
-# 3 is what `dsurf run` exits with when a signal stopped it (cli.EXIT_INTERRUPTED).
-EXIT_INTERRUPTED = 3
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -111,7 +110,7 @@ def render(
         log=shlex.quote(str(workdir / f"{job.job_name}-%j.out")),
         warning_seconds=job.warning_seconds,
         requeue=int(job.requeue),
-        exit_interrupted=EXIT_INTERRUPTED,
+        exit_interrupted=Status.INTERRUPTED.exit_code,
         srun_mpi=job.srun_mpi,
         command=command,
         status_command=shlex.join([sys.executable, "-m", "distributed_surface", "info", "--status", str(out)]),

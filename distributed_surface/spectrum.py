@@ -19,52 +19,47 @@ import time
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .core.hessian import extreme_eigenpairs, hutchinson_trace, spectral_density
-from .errors import UserError
+from .config import HessianConfig
+from .core.hessian import HessianOperator, extreme_eigenpairs, hutchinson_trace, spectral_density
+from .core.errors import UserError
 from .hessian_operator import check_twice_differentiable, operator_for
 from .problem import check_problem, load_problem, resolve_device
 
 
-def compute_spectrum(config: RunConfig, world, *, overwrite: bool = False, progress: bool = True) -> str | None:
-    """Compute and (rank 0) write the spectrum of ``config``'s problem; return the file written."""
-    from .lock import WriterLock
-    from .output import check_spectrum_output
-    from .runtime import use_threads
-    from .storage import write_spectrum
+class SpectrumTask:
+    """``dsurf hessian`` as the engine runs it (:mod:`.engine.task`): rank 0 checks the output and takes
+    its lock; every rank loads the problem and its part of the data; every rank computes in step; rank
+    0 writes the file."""
 
-    error, lock = None, None
-    if world.rank == 0:
-        try:
-            check_spectrum_output(config, overwrite=overwrite)
-            lock = WriterLock(config.output.out).acquire()
-        except UserError as exc:
-            error = str(exc)
-    error = world.verdict(error)
-    if error:
-        if lock is not None:
-            lock.release()
-        raise UserError(error) if world.rank == 0 else SystemExit(2)
-    try:
-        operator, error = None, None
-        threads = use_threads(world.local_size)
-        try:
-            device = resolve_device(config.evaluation.device, world.local_rank)
-            problem = load_problem(config)
-            if world.rank == 0:
-                check_problem(problem, device, config.data_flags)
-            operator = operator_for(config, problem, device, world)
-            if not 1 <= config.hessian.top_k < operator.size:
-                raise UserError(f"--top-k must be between 1 and {operator.size - 1} (the Hessian's parameters less one), got {config.hessian.top_k}")
-        except UserError as exc:
-            error = str(exc) if world.rank == 0 else f"rank {world.rank}: {exc}"
-        error = world.verdict(error)
-        if error:
-            raise UserError(error) if world.rank == 0 else SystemExit(2)
+    def __init__(self, config: HessianConfig, *, overwrite: bool = False):
+        self.config = config
+        self.overwrite = overwrite
+        self._lock = None
+
+    def prepare(self) -> None:
+        from .output import check_spectrum_output
+        from .storage import take_lock
+
+        check_spectrum_output(self.config, overwrite=self.overwrite)
+        self._lock = take_lock(self.config.output.out)
+
+    def load(self, world) -> tuple[HessianOperator, torch.device]:
+        config = self.config
+        device = resolve_device(config.evaluation.device, world.local_rank)
+        problem = load_problem(config)
+        if world.rank == 0:
+            check_problem(problem, device, config.data_flags)
+        operator = operator_for(config, problem, device, world)
+        if not 1 <= config.hessian.top_k < operator.size:
+            raise UserError(f"--top-k must be between 1 and {operator.size - 1} (the Hessian's parameters less one), got {config.hessian.top_k}")
+        return operator, device
+
+    def compute(self, loaded: tuple[HessianOperator, torch.device], world, say) -> dict[str, object]:
+        config = self.config
+        operator, device = loaded
         check_twice_differentiable(operator)
-        say = (lambda text: print(f"dsurf: {text}", file=sys.stderr, flush=True)) if world.rank == 0 and progress else (lambda text: None)
         say(f"Hessian of the mean loss over {operator.count} targets, {operator.size:,} parameters "
-            f"({config.evaluation.hessian_params}), {world.size} rank(s)" + (f"; {threads}" if device.type == "cpu" else ""))  # fmt: skip
+            f"({config.evaluation.hessian_params}), {world.size} rank(s)" + (f"; {world.threads}" if device.type == "cpu" else ""))  # fmt: skip
         started = time.time()
         top = extreme_eigenpairs(operator, k=config.hessian.top_k, which="LA", tol=config.evaluation.hessian_tol, seed=config.evaluation.seed)
         say(f"top {config.hessian.top_k} eigenvalues: {', '.join(f'{v:.6g}' for v in top.values)} ({top.products} products)")
@@ -74,19 +69,33 @@ def compute_spectrum(config: RunConfig, world, *, overwrite: bool = False, progr
         say(f"trace: {trace:.6g} ± {stderr:.3g} ({config.hessian.trace_probes} probes)")
         density = spectral_density(operator, config.hessian.density_probes, config.hessian.lanczos_steps, seed=config.evaluation.seed)
         say(f"density: {config.hessian.density_probes} Lanczos runs of {config.hessian.lanczos_steps} steps ({time.time() - started:.1f} s in all)")
-        if world.rank != 0:
-            return None
+        return {"operator": operator, "top": top, "bottom": bottom, "trace": trace, "stderr": stderr, "density": density,
+                "ranks": world.size, "seconds": time.time() - started}  # fmt: skip
+
+    def write(self, result: dict[str, object]) -> str:
+        from .storage import write_spectrum
+
+        config, operator, top = self.config, result["operator"], result["top"]
         vectors = {name: np.stack([operator.split(v)[name].cpu().numpy() for v in top.vectors]) for name in operator.names}
         write_spectrum(
             config.output.out, config_json=config.to_json(), eigenvalues=top.values, eigenvectors=vectors,
-            min_eigenvalue=bottom.values[0], trace=trace, trace_stderr=stderr, density_grid=density.grid,
-            density=density.density,
-            attrs={"parameters": operator.size, "targets": operator.count, "ranks": world.size,
-                   "products": operator.products, "seconds": time.time() - started,
+            min_eigenvalue=result["bottom"].values[0], trace=result["trace"], trace_stderr=result["stderr"],
+            density_grid=result["density"].grid, density=result["density"].density,
+            attrs={"parameters": operator.size, "targets": operator.count, "ranks": result["ranks"],
+                   "products": operator.products, "seconds": result["seconds"],
                    "torch_version": str(torch.__version__), "hessian_params": config.evaluation.hessian_params},
         )  # fmt: skip
         return config.output.out
-    finally:
-        if lock is not None:
-            lock.release()
 
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def compute_spectrum(config: HessianConfig, *, overwrite: bool = False, progress: bool = True) -> str | None:
+    """Compute the spectrum of ``config``'s problem, in this process or on every MPI rank, and write it
+    (rank 0); return the file written (rank 0), None on the other ranks."""
+    from .engine.task import run_task
+
+    return run_task(SpectrumTask(config, overwrite=overwrite), progress=progress)

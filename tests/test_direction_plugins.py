@@ -20,7 +20,7 @@ from distributed_surface import plot
 from distributed_surface.config import RunConfig
 from distributed_surface.directions import registry
 from distributed_surface.directions.frame import make_frame
-from distributed_surface.errors import UserError
+from distributed_surface.core.errors import UserError
 from distributed_surface.problem import load_problem
 from distributed_surface.storage import open_checked, read_directions, read_surface
 from helpers import assert_one_line_error

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from distributed_surface.legacy import read_any_surface
+from distributed_surface.storage import read_any_surface
 from helpers import assert_one_line_error
 from test_plot import NX, NY, make_surfaces
 

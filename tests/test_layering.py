@@ -97,6 +97,56 @@ def test_import_needs_neither_mpi4py_nor_matplotlib():
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
+# ---------------------------------------------------------------- what each layer may import
+
+
+def package_imports(path: Path) -> set[str]:
+    """The package's modules that a source file imports (a name imported from a module is that module)."""
+    return {name for name in imported_modules(path) if name.split(".")[0] == "distributed_surface" and _is_module(name)}
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def within(name: str, *layers: str) -> bool:
+    return any(name == layer or name.startswith(layer + ".") for layer in layers)
+
+
+# The package itself: its __init__ holds __version__ and imports nothing.
+ROOT = "distributed_surface"
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "storage").glob("*.py")), ids=lambda p: p.name)
+def test_storage_imports_only_the_core(path):
+    """(and h5py, numpy and the standard library)"""
+    for name in imported_modules(path):
+        root = name.split(".")[0]
+        assert root in {"h5py", "numpy", "__future__", ROOT} or root in sys.stdlib_module_names, f"{path.name} imports {name}"
+    for name in package_imports(path):
+        assert name == ROOT or within(name, "distributed_surface.core", "distributed_surface.storage"), f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("path", sources("engine"), ids=lambda p: p.name)
+def test_the_engines_import_only_the_core_and_storage(path):
+    for name in package_imports(path):
+        assert within(name, "distributed_surface.core", "distributed_surface.storage", "distributed_surface.engine"), (
+            f"{path.name} imports {name}"
+        )
+    assert not any(name.split(".")[0] == "h5py" for name in imported_modules(path)), f"{path.name}: h5py is storage's"
+
+
+def test_exports_import_only_storage_and_the_core():
+    for name in package_imports(PACKAGE / "export.py"):
+        assert within(name, "distributed_surface.core", "distributed_surface.storage"), f"export.py imports {name}"
+
+
+def test_pictures_import_only_storage_and_the_core():
+    for name in package_imports(PACKAGE / "plot.py"):
+        assert name == ROOT or within(name, "distributed_surface.core", "distributed_surface.storage"), f"plot.py imports {name}"
+
+
 def test_no_import_circle():
     """No module imports itself through others (imports inside functions count: they run in the end)."""
     modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p

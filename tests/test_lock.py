@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from distributed_surface import lock as lock_module
-from distributed_surface.errors import UserError
-from distributed_surface.lock import WriterLock, holder, lock_path
+from distributed_surface.storage import lock as lock_module
+from distributed_surface.core.errors import UserError
+from distributed_surface.storage.lock import WriterLock, holder, lock_path
 from distributed_surface.storage import leftover_temporaries
 
 
@@ -69,3 +69,21 @@ def test_leftovers_are_named_literally(tmp_path):
     for name in (".s*.h5.123.tmp", ".sX.h5.456.tmp", ".s*.h5.notapid.tmp"):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in leftover_temporaries(str(tmp_path / "s*.h5"))] == [".s*.h5.123.tmp"]
+
+
+HESSIAN = ["--top-k", "2", "--trace-probes", "4", "--density-probes", "1", "--lanczos-steps", "8"]
+
+
+def test_dsurf_hessian_takes_the_lock_as_dsurf_run_does(dsurf, run_args, tmp_path):
+    """One writer at a time, and the leftovers of the runs that died before it removed."""
+    args = ["hessian", *run_args[1:], *HESSIAN, "--out", "h.h5"]
+    held = WriterLock(tmp_path / "h.h5").acquire()
+    rc, out, err = dsurf(*args)
+    assert rc == 2 and "being written by another run" in err and not (tmp_path / "h.h5").exists()
+    held.release()
+    leftover = tmp_path / f".h.h5.{dead_pid()}.tmp"
+    leftover.write_bytes(b"half a spectrum")
+    rc, out, err = dsurf(*args)
+    assert rc == 0, err
+    assert not leftover.exists() and f"removed '{leftover.name}'" in err
+    assert not lock_path(tmp_path / "h.h5").exists()

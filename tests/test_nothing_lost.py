@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from distributed_surface import cli
-from distributed_surface.errors import UserError
+from distributed_surface.core.errors import UserError
 from distributed_surface.storage import STATUSES, read_surface
 from helpers import SLOW_ARGS, assert_one_line_error, file_bytes, write_slow_model
 

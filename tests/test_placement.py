@@ -16,7 +16,7 @@ from distributed_surface.core.directions import base_tensors, make_directions
 from distributed_surface.core.evaluate import SurfaceEvaluator
 from distributed_surface.core.samples import Samples
 from distributed_surface.core.stream import SamplesDataset, StreamedSamples
-from distributed_surface.runtime import threads_per_rank
+from distributed_surface.engine.runtime import threads_per_rank
 from distributed_surface.storage import read_surface
 from helpers import assert_one_line_error
 
@@ -225,7 +225,7 @@ def test_placements_on_the_gpu_equal_the_cpu(dsurf, tiny, datasets):
     [({}, 1), ({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, 4), ({"MPI_LOCALNRANKS": "3"}, 3), ({"SLURM_NTASKS_PER_NODE": "2(x3)"}, 2)],
 )
 def test_ranks_on_node(environ, expected):
-    from distributed_surface.runtime import ranks_on_node
+    from distributed_surface.engine.runtime import ranks_on_node
 
     assert ranks_on_node(environ) == expected
 

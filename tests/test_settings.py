@@ -13,7 +13,7 @@ from distributed_surface.cli import _add_sbatch_flags, build_parser, main
 from distributed_surface.config import CONFIGS, SURFACE_IDENTITY, HessianConfig, RunConfig
 from distributed_surface.directions import registry
 from distributed_surface.directions.base import DirectionKind
-from distributed_surface.errors import UserError
+from distributed_surface.core.errors import UserError
 
 # The flags of a computing command that are not settings: what to do with the file, not what it holds.
 COMMAND_FLAGS = {"help", "config_file", "resume", "overwrite", "no_plot", "no_progress"}

@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 
-from distributed_surface.cli import EXIT_INTERRUPTED
+from distributed_surface.storage import Status
 from distributed_surface.core.evaluate import SurfaceEvaluator
 from distributed_surface.engine.stop import Interrupted, StopRequest
 from distributed_surface.storage import read_surface
@@ -46,7 +46,7 @@ def test_signal_stops_the_run_and_resume_completes(signum, chunks_kept, dsurf, r
 
     calls = signal_on_call(monkeypatch, 3, signum)
     rc, _, err = dsurf(*run_args, *GRID, "--out", "s.h5")
-    assert rc == EXIT_INTERRUPTED, err
+    assert rc == Status.INTERRUPTED.exit_code, err
     assert "interrupted" in err and "--resume" in err
     assert calls["n"] == 3, "no chunk is started after the signal"
     partial = read_surface(str(tmp_path / "s.h5"))

@@ -1,4 +1,4 @@
-"""The surface file's layout after ``dsurf run`` (docs/format.md)."""
+"""The surface file's layout after ``dsurf run`` (the format: docs/format.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The numerical core: directions, grid, losses, evaluation and curvature. It imports torch and numpy
-only (and scipy's eigensolver, for the Hessian).
+"""The numerical core: directions, grid, losses, evaluation and curvature, and the one exception type
+for user mistakes (:mod:`.errors`). It imports torch and numpy only (and scipy's eigensolver, for the
+Hessian).
 
 Names are loaded on first use, so that the torch-free parts (:mod:`.grid`, :mod:`.measurements`,
 :mod:`.options`) can be imported without importing torch.

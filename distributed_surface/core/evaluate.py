@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .directions import Direction
+from .errors import first_line
 from .losses import Loss, LossFunction, as_loss, cross_entropy, logits_of
 from .measurements import SPLITS, Measurement, measurement_name
 from .plan import (
@@ -282,7 +283,7 @@ class SurfaceEvaluator:
             raise
         except Exception as exc:
             stop = start + batch_length(x) - 1
-            raise BatchError(f"the model or the loss failed on {split} samples {start}..{stop}: {_describe(exc)}") from exc
+            raise BatchError(f"the model or the loss failed on {split} samples {start}..{stop}: {first_line(exc)}") from exc
 
     def _plain_call(self, x: Inputs) -> torch.Tensor:
         return logits_of(call_model(self.model, x))
@@ -320,7 +321,7 @@ class SurfaceEvaluator:
                 self.model.to(memory_format=torch.contiguous_format)
                 self._channels_last = False
                 if warn:
-                    warnings.warn(f"distributed_surface: channels-last off: the model fails with it ({_describe(exc)})",
+                    warnings.warn(f"distributed_surface: channels-last off: the model fails with it ({first_line(exc)})",
                                   RuntimeWarning, stacklevel=4)  # fmt: skip
         return self._profiled_head(samples)
 
@@ -417,7 +418,7 @@ class SurfaceEvaluator:
                     self._weights.move_to(offset)
                     one.append(self._forward_plain(x))
         except Exception as exc:  # noqa: BLE001 - whatever vmap rejects, the plain path still works
-            return _describe(exc)
+            return first_line(exc)
         finally:
             self._weights.restore()
         if not isinstance(many, torch.Tensor) or many.shape != (2, *one[0].shape):
@@ -432,7 +433,7 @@ class SurfaceEvaluator:
                 with numerics(self.device, self.precision):
                     self._forward_many(self._weights.stacked(offsets), x)
             except Exception as exc:  # noqa: BLE001
-                return f"in {self.precision}: {_describe(exc)}"
+                return f"in {self.precision}: {first_line(exc)}"
         return None
 
 
@@ -491,11 +492,6 @@ def _has_image_input(inputs: Inputs) -> bool:
     return any(t.dim() == 4 for t in values)
 
 
-def _describe(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 def _compiled(function: Callable, what: str) -> Callable:
     """``torch.compile(function)``; where compiling fails, the function as it is, with a warning.
     Running out of memory is not a compile failure: it goes to the caller (evaluate() halves K)."""
@@ -512,7 +508,7 @@ def _compiled(function: Callable, what: str) -> Callable:
         except Exception as exc:  # noqa: BLE001
             if state["call"] is function:
                 raise
-            warnings.warn(f"distributed_surface: torch.compile failed on {what}, running it eagerly: {_describe(exc)}",
+            warnings.warn(f"distributed_surface: torch.compile failed on {what}, running it eagerly: {first_line(exc)}",
                           RuntimeWarning, stacklevel=2)  # fmt: skip
             state["call"] = function
             return function(*args)

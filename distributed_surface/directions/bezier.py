@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import DirectionKind, Made
 from .checkpoints import STATES, UNNORMALISED, check_path, offsets
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 UNNORMALISED = ("norm", "seed", "ignore")
 STATES = "states"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.grid import Grid, PointList
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import DirectionKind, Made
 from .options import read_points, restrict_to
 

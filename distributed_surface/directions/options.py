@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.grid import PointList
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import DirectionKind
 
 

@@ -9,7 +9,7 @@ import glob
 import re
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import DirectionKind, Made
 from .checkpoints import check_path
 

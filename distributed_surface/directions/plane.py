@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import DirectionKind, Made
 from .checkpoints import STATES, UNNORMALISED, model_markers, offsets, unit_span
 

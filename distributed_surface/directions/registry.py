@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..sections import Directions, SurfaceEvaluation
 from ..settings import declared
 from .base import DirectionKind

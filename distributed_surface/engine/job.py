@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..core.errors import UserError
 from ..core.grid import Grid, PointList
 
 Evaluate = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -70,15 +71,10 @@ class Job(Protocol):
     def close(self) -> None: ...
 
 
-class LocalWorld:
-    """One process alone: what :class:`~.mpi.World` is for computations that every rank runs in step
-    (``dsurf hessian``), for a run without MPI."""
-
-    rank, size, local_rank, local_size = 0, 1, 0, 1
-
-    def sum(self, array: np.ndarray) -> np.ndarray:
-        return array
-
-    def verdict(self, error: str | None) -> str | None:
-        """The first error of any rank (here: this one's)."""
-        return error
+def raise_collectively(rank: int, error: str | None) -> None:
+    """Every rank leaves on a set-up error; only rank 0 reports it, so it is printed once."""
+    if error is None:
+        return
+    if rank == 0:
+        raise UserError(error)
+    raise SystemExit(2)

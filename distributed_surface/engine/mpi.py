@@ -19,7 +19,7 @@ chunk finished before it.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import socket
 import sys
 import threading
@@ -27,16 +27,15 @@ import time
 import traceback
 from pathlib import Path
 
-import h5py
 import numpy as np
 from mpi4py import MPI
 
+from ..core.errors import UserError
 from ..core.grid import guided_chunks, pending_chunks
-from ..errors import UserError
-from ..runtime import use_threads
-from ..storage import RunRecorder
-from .job import Job
+from ..storage import RunRecorder, Status, io_mode
+from .job import Job, raise_collectively
 from .progress import Progress
+from .runtime import use_threads
 from .serial import ChunkResult, evaluate_chunk, worker_line
 from .stop import Interrupted, StopRequest
 
@@ -49,28 +48,29 @@ POLL_MIN_SECONDS = 0.001
 POLL_MAX_SECONDS = 0.008
 
 
-def io_mode() -> str:
-    """``mpio`` where h5py was built with MPI (unless DSURF_IO=gather asks otherwise), else ``gather``."""
-    if os.environ.get("DSURF_IO") == "gather" or not h5py.get_config().mpi:
-        return "gather"
-    return "mpio"
-
-
 def run_distributed(
     job: Job, *, chunk_size: int | None = None, rank0: str = "work", progress: bool = True, stop: StopRequest
-) -> str:
+) -> Status:
     """Run this rank's part of ``job``; return the file's final status (``complete`` or ``interrupted``;
     a failed run raises ``UserError`` on rank 0 and ``SystemExit(2)`` elsewhere). ``chunk_size``: points
     per chunk (default: guided chunks that shrink towards the end)."""
-    try:
+    with aborting():
         return _run_distributed(job, chunk_size=chunk_size, rank0=rank0, progress=progress, stop=stop)
+
+
+@contextlib.contextmanager
+def aborting():
+    """A user mistake (``UserError``, or ``SystemExit`` on the ranks that leave with it) goes on to the
+    caller; any other exception aborts every rank of the job, so that none is left waiting."""
+    try:
+        yield
     except (UserError, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001
         _abort(exc)
 
 
-def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: bool, stop: StopRequest) -> str:
+def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: bool, stop: StopRequest) -> Status:
     comm = MPI.COMM_WORLD.Dup()
     rank, size = comm.Get_rank(), comm.Get_size()
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
@@ -90,7 +90,7 @@ def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: 
         except UserError as exc:
             error = str(exc)
     error, shared = comm.bcast((error, setup.for_others() if setup else None), root=0)
-    _raise_collectively(rank, error)
+    raise_collectively(rank, error)
     if rank != 0:
         setup = shared
     elif not rank0_works:
@@ -104,7 +104,7 @@ def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: 
 
 
 def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk_size, progress: bool, stop,
-             threads: str) -> str:  # fmt: skip
+             threads: str) -> Status:  # fmt: skip
     """Build the workers, open the file and compute: the part of a run after rank 0's set-up."""
     rank, size = comm.Get_rank(), comm.Get_size()
     local_rank = node.Get_rank()
@@ -122,7 +122,7 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
     error = next((e for e in errors if e), None)
     if error and rank == 0 and (setup.replaces is not None or setup.created):
         Path(setup.path).unlink(missing_ok=True)  # made by this run, never written (the file it replaces stays)
-    _raise_collectively(rank, error)
+    raise_collectively(rank, error)
 
     # 3. Open the file (every rank under mpio; rank 0 alone in gather mode) and compute.
     done = setup.done
@@ -145,7 +145,7 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
         except UserError as exc:  # (every rank must hear of it: the others would wait for chunks)
             error = str(exc)
     errors = comm.allgather(error)
-    _raise_collectively(rank, next((e for e in errors if e), None))
+    raise_collectively(rank, next((e for e in errors if e), None))
 
     def work():
         _work(comm, worker, setup.grid, recorder if mode == "mpio" else None, stop)
@@ -171,9 +171,9 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
     else:
         _guarded(work)
     if outcome["failure"]:
-        status = "failed"
+        status = Status.FAILED
     else:
-        status = "complete" if outcome["finished"] == len(chunks) else "interrupted"
+        status = Status.COMPLETE if outcome["finished"] == len(chunks) else Status.INTERRUPTED
     status, failure, end_time = comm.bcast((status, outcome["failure"], time.time()), root=0)
     if recorder is not None:
         status = recorder.end(status, end_time=end_time)
@@ -185,9 +185,11 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
 
 
 class World:
-    """Every rank of the job, for computations they run in step (``dsurf hessian``: each holds a part of
-    the data, and sums what it computes with the others): this rank, how many, the rank on its node,
-    sums over all ranks, and the first error any rank met."""
+    """Every rank of the job, for a task they run in step (``dsurf hessian``: each holds a part of the
+    data, and sums what it computes with the others): this rank, how many, the rank on its node, sums
+    over all ranks, and the first error any rank met. ``threads``: as :class:`~.task.LocalWorld`'s."""
+
+    threads = ""
 
     def __init__(self):
         self.comm = MPI.COMM_WORLD
@@ -203,15 +205,6 @@ class World:
 
     def verdict(self, error: str | None) -> str | None:
         return next((e for e in self.comm.allgather(error) if e), None)
-
-
-def _raise_collectively(rank: int, error: str | None) -> None:
-    """Every rank leaves on a set-up error; only rank 0 reports it, so it is printed once."""
-    if error is None:
-        return
-    if rank == 0:
-        raise UserError(error)
-    raise SystemExit(2)
 
 
 def _say(rank: int, message: str) -> None:

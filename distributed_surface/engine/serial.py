@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.grid import Grid, PointList, default_chunk_size, pending_chunks
-from ..runtime import current_threads, use_threads
-from ..storage import RunRecorder
+from ..storage import RunRecorder, Status
 from .job import Job, Worker
 from .progress import Progress
+from .runtime import current_threads, use_threads
 from .stop import Interrupted, NoStop, StopRequest
 
 
@@ -42,7 +42,7 @@ def worker_line(worker: Worker, threads: str) -> str:
     return f"{worker.plan}; {threads}" if worker.device == "cpu" else worker.plan
 
 
-def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True, stop: StopRequest | None = None) -> str:
+def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True, stop: StopRequest | None = None) -> Status:
     """Run ``job`` in this process: prepare its file, evaluate every pending chunk and store each as soon
     as it is done, so that an interrupted run keeps every finished chunk. Returns the file's status:
     ``complete``, or ``interrupted`` where ``stop`` asked to stop first (``unchanged`` where the run was
@@ -58,12 +58,12 @@ def run_serial(job: Job, *, chunk_size: int | None = None, progress: bool = True
         if progress and chunks and worker.plan:
             print(f"dsurf: {worker_line(worker, threads)}", file=sys.stderr)
         bar = Progress(total=int(setup.done.size), initial=int(np.count_nonzero(setup.done)), enabled=progress)
-        status = "interrupted"  # where a KeyboardInterrupt or a SystemExit ends it
+        status = Status.INTERRUPTED  # where a KeyboardInterrupt or a SystemExit ends it
         try:
             complete = compute_chunks(worker, setup.grid, chunks, recorder, progress=bar, stop=stop)
-            status = "complete" if complete else "interrupted"
+            status = Status.COMPLETE if complete else Status.INTERRUPTED
         except Exception:
-            status = "failed"
+            status = Status.FAILED
             raise
         finally:
             bar.close()

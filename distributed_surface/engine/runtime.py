@@ -9,7 +9,7 @@ import re
 # glibc's malloc serves blocks above its mmap threshold (128 KiB at first, raised only as such blocks are
 # freed) with fresh mmap()s, and trims freed heap memory at 128 KiB. A CPU forward pass allocates and
 # frees activations of 0.1-10 MiB per layer, so every batch paid page faults and zeroing for them: the
-# built-in example ran 2.5-3× slower (benchmarks/README.md).
+# built-in example ran 2.5-3× slower (docs/benchmarks.md).
 MALLOC_MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's largest allowed value on 64-bit
 MALLOC_TRIM_THRESHOLD_BYTES = 64 * 2**20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt() parameters, from glibc's malloc.h

@@ -7,6 +7,9 @@ a run that dies, however it dies, releases it, and the next run takes the lock o
 it was. A second run while the first one lives is refused with one line naming the holder. Readers
 (``dsurf info``, ``plot``) never take the lock; :func:`holder` tells them whether a live run holds it.
 
+Taking the lock for a run (:func:`take_lock`) also removes the temporary files that dead runs left
+beside the file: only the lock's holder makes them.
+
 Where the file system has no locks (some Lustre and FUSE mounts), the lock file alone decides: it is created exclusively,
 and a leftover one is taken over where its process is gone from this host.
 """
@@ -18,10 +21,12 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
-from .errors import UserError
+from ..core.errors import UserError
+from .create import leftover_temporaries
 
 # flock fails with these where the file system does not lock (some FUSE and Lustre mounts).
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
@@ -214,3 +219,17 @@ def _alive(pid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def take_lock(path: str) -> WriterLock:
+    """The file's writer lock, and the leftovers of runs that died removed (they held it last)."""
+    lock = WriterLock(path).acquire()
+    if lock.previous:
+        print(f"dsurf: took over the lock of {path!r} from a run that is gone ({describe(lock.previous)})", file=sys.stderr)
+    for leftover in leftover_temporaries(path):
+        try:
+            leftover.unlink()
+            print(f"dsurf: removed {str(leftover)!r}, left by a run that was killed", file=sys.stderr)
+        except OSError:
+            pass
+    return lock

@@ -14,7 +14,7 @@ maybe ``test_loss``/``test_acc``, and no ``format``, ``done`` or ``config``. Two
   where loss and accuracy are both exactly 0; everything else is computed. Such points become NaN here
   and ``done`` is 0 there, as in this package's own files.
 
-h5py is used here and in storage.py only; matplotlib is not imported.
+matplotlib is not imported.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .core.measurements import SPLITS, TRAIN, measurement_name
-from .errors import UserError
-from .storage import FORMAT, RUN_DTYPE, TIMING_DTYPE, SurfaceData, read_surface
+from ..core.measurements import SPLITS, TRAIN, measurement_name
+from ..core.errors import UserError
+from .layout import FORMAT, RUN_DTYPE, TIMING_DTYPE, plain
+from .read import SurfaceData, read_surface
+from .status import Status
 
 LEGACY_FORMAT = "loss-landscape"
 # The paper's code stores the loss and accuracy of its splits.
@@ -47,7 +49,7 @@ def read_any_surface(path: str) -> SurfaceData:
     except OSError as exc:
         raise UserError(f"{path!r} is not a readable HDF5 file ({exc})") from None
     with f:
-        kind = _plain(f.attrs.get("format"))
+        kind = plain(f.attrs.get("format"))
         if kind is None and "xcoordinates" in f and measurement_name(TRAIN, "loss") in f:
             return _read_legacy(f, path)
         if kind != FORMAT:
@@ -97,7 +99,7 @@ def _read_legacy(f: h5py.File, path: str) -> SurfaceData:
             done = computed.astype(np.uint8)
     assert done is not None  # train_loss is there: checked by the caller
     config = {"model": Path(path).name}
-    dir_file = _plain(f["dir_file"][()]) if isinstance(f.get("dir_file"), h5py.Dataset) else None
+    dir_file = plain(f["dir_file"][()]) if isinstance(f.get("dir_file"), h5py.Dataset) else None
     if isinstance(dir_file, str):
         config["dir_file"] = dir_file
         norm = re.search(r"xnorm=([a-z]+)", dir_file)
@@ -105,10 +107,13 @@ def _read_legacy(f: h5py.File, path: str) -> SurfaceData:
             config["norm"] = norm.group(1)
         if "states" in Path(dir_file).name:
             config["dir_type"] = "states"
-    status = "complete" if np.all(done) else "incomplete"
+    # The paper's files record no status. One with points left was stopped before its last point (its
+    # code writes as it goes), as an interrupted run of ours is; no run of ours writes it, so it is not
+    # running, and nothing says its run failed.
+    status = Status.COMPLETE if np.all(done) else Status.INTERRUPTED
     return SurfaceData(
         path=path,
-        attrs={"format": LEGACY_FORMAT, "source": LEGACY_FORMAT, "status": status},
+        attrs={"format": LEGACY_FORMAT, "source": LEGACY_FORMAT, "status": status.value},
         config=config,
         x=x,
         y=y,
@@ -126,12 +131,3 @@ def _coordinates(f: h5py.File, name: str, path: str) -> np.ndarray:
         raise UserError(f"{path!r}: {name} is not a list of finite coordinates")
     return values
 
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, np.ndarray) and value.shape == ():
-        return _plain(value.item())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
