@@ -21,94 +21,26 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+def _add_command_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of a command that computes (run, hessian, sbatch): a TOML file, then one flag for every
+    setting of its config (declared in sections.py), then the command's own flags."""
+    from . import settings
+    from .config import CONFIGS
+
     add = parser.add_argument
     add("config_file", nargs="?", metavar="CONFIG.toml", help="TOML file of settings; flags override it")
-    add("--model", metavar="IMPORT", help="pkg.module:callable or path/file.py:callable returning an nn.Module")
-    add("--checkpoint", metavar="PATH", help="a state_dict, or a dict holding one under 'state_dict' or 'model'")
-    add("--data", metavar="IMPORT", help="callable returning a Dataset or an (inputs, targets) pair of tensors")
-    add("--test-data", dest="test_data", metavar="IMPORT",
-        help="a test split, evaluated on the same weights at every point (test_loss, test_acc)")  # fmt: skip
-    add("--loss", metavar="NAME",
-        help="cross_entropy (default; class labels, or token labels (B, T) for outputs (B, T, C), -100 ignored), "
-        "causal_lm (Hugging Face causal LM: shifted by one), mse, or an import string of loss(outputs, targets)")  # fmt: skip
-    add("--x", metavar="MIN:MAX:NUM", help="offsets along the first direction (default -1:1:25); auto[:NUM]: a span "
-        "chosen for you (random directions: out to where the loss has risen; checkpoints: their models and a margin)")
-    add("--y", metavar="MIN:MAX:NUM", help="offsets along the second direction, or auto[:NUM]; leave out for a 1D curve")
-    add("--norm", help="direction normalisation: filter (default), layer, weight or none")
-    add("--ignore", help="biasbn (default: 1-D parameters do not move) or none")
-    add("--dir-type", dest="dir_type", help="weights (default) or states (adds buffers such as BatchNorm statistics)")
-    add("--to", metavar="B.pt", help="the line from θ0 (--checkpoint) to checkpoint B: d1 = θB − θ0, not normalised")
-    add("--plane", nargs=2, metavar=("B.pt", "C.pt"), help="the plane through θ0, B and C: d1 = θB − θ0, d2 = θC − θ0")
-    add("--bend", metavar="M.pt", help="with --to B.pt: the quadratic Bézier curve from θ0 through M to B, against t (--x)")
-    add("--trajectory", metavar="GLOB", help="checkpoints of a training run ('runs/epoch_*.pt'): their first two principal components")
-    add("--directions", metavar="FILE|KIND", help="the directions of a surface file, or a torch file of one or two "
-        "{name: tensor} dicts; or the name of a kind of directions (hessian: the Hessian's top eigenvectors)")
-    add("--points", metavar="FILE.csv", help="evaluate these offsets (one or two columns a row) instead of a grid")
-    add("--auto-rise", dest="auto_rise", type=float, metavar="FACTOR",
-        help="with --x auto / --y auto on random directions: out until the loss is FACTOR times θ0's (default 5)")  # fmt: skip
-    add("--measure", choices=("loss", "hessian"),
-        help="what each point measures: loss (default: loss and accuracy), or hessian (also the Hessian's extreme eigenvalues)")  # fmt: skip
-    add("--hessian-samples", dest="hessian_samples", type=int, metavar="N", help="the Hessian over the first N train samples (default all)")
-    add("--hessian-params", dest="hessian_params", choices=("weights", "all"),
-        help="the Hessian over the parameters with more than one dimension (weights, default) or all")  # fmt: skip
-    add("--hessian-tol", dest="hessian_tol", type=float, metavar="TOL", help="relative accuracy of each eigenvalue (default 1e-3)")
-    add("--params", metavar="REGEX", help="only parameters whose names match move (re.search); the rest stay at θ0")
-    add("--seed", type=int, help="seed of the random directions (default 0)")
-    add("--batch-size", dest="batch_size", type=int, help="samples per forward pass (default: from the free device memory)")
-    add("--max-samples", dest="max_samples", type=int, help="evaluate only the first N samples")
-    add("--max-test-samples", dest="max_test_samples", type=int, help="evaluate only the first N test samples")
-    add("--device", help="auto (default), cpu, cuda or cuda:N")
-    add("--chunk-size", dest="chunk_size", type=int, help="grid points per unit of work (default: automatic)")
-    add("--precision", help="fp32 (default, exact), tf32 (GPU TF32 matmuls/convolutions) or bf16 (bfloat16 autocast)")
-    add("--points-per-pass", dest="points_per_pass", type=int,
-        help="grid points evaluated in one pass over the data with vmap (default: what fits, at most 64)")  # fmt: skip
-    add("--vmap", help="auto (default: vmap where one point's pass is overhead-bound), tune (time both, keep the faster), on or off")
-    add("--compile", nargs="?", const=True, type=_on_off, metavar="on|off", help="torch.compile the forward pass (default off)")
-    add("--channels-last", dest="channels_last", nargs="?", const=True, type=_auto_on_off, metavar="auto|on|off",
-        help="channels-last memory format for 4-D inputs (default auto: on a CPU, off on a GPU)")  # fmt: skip
-    add("--data-placement", dest="data_placement", metavar="auto|device|host|stream",
-        help="where the data is kept: on the device, in host memory (batches copied to the device), or read from "
-             "its Dataset on every pass (stream); default auto: the first of these it fits in")  # fmt: skip
-    add("--workers", type=int, metavar="N", help="with streamed data: DataLoader processes that read it (default 0)")
-    add("--rank0", choices=("work", "coordinate"), help="under MPI: rank 0 also evaluates (work, default) or only coordinates")
-    add("--out", metavar="PATH", help="surface file to write (default surface.h5)")
+    settings.add_flags(parser, CONFIGS[command])
     add("--resume", action="store_true", help="continue an existing surface file of the same config")
     add("--overwrite", action="store_true", help="replace an existing surface file")
     add("--no-plot", dest="no_plot", action="store_true", help="do not draw pictures at the end")
     add("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
 
 
-RUN_SETTINGS = (
-    "model", "checkpoint", "data", "test_data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed",
-    "batch_size", "max_samples", "max_test_samples", "device", "chunk_size", "rank0", "out",
-    "precision", "points_per_pass", "vmap", "compile", "channels_last", "data_placement", "workers",
-    "to", "plane", "bend", "trajectory", "directions", "points", "params", "auto_rise",
-    "measure", "hessian_samples", "hessian_params", "hessian_tol",
-)  # fmt: skip
-HESSIAN_SETTINGS = ("top_k", "trace_probes", "density_probes", "lanczos_steps")
-
-
-def _on_off(text: str, auto: bool = False) -> bool | str:
-    """``--compile`` alone, ``--compile=on|off`` (also true/false, yes/no, 1/0)."""
-    from .config import parse_switch
-
-    value = parse_switch(text, auto=auto)
-    if not isinstance(value, bool) and value != "auto":
-        raise argparse.ArgumentTypeError(f"expected {'auto, ' if auto else ''}on or off, got {text!r}")
-    return value
-
-
-def _auto_on_off(text: str) -> bool | str:
-    """``--channels-last`` alone, ``=on|off``, or ``=auto`` (the evaluator decides)."""
-    return _on_off(text, auto=True)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dsurf", description="Loss landscapes of neural networks, on one or many GPUs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="compute a surface (under mpirun: distributed)")
-    _add_run_flags(run)
+    _add_command_flags(run, "run")
     info = commands.add_parser("info", help="what a surface file holds: config, progress, timings")
     info.add_argument("surface", metavar="SURFACE.h5")
     info.add_argument(
@@ -139,14 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="vtp/vts: the measurement that is the height z: loss (default), acc (the train split's), "
                         "or a name such as test_loss; every measurement is a point array, and csv holds all")  # fmt: skip
     hessian = commands.add_parser("hessian", help="the Hessian spectrum at θ0: top eigenvalues, trace, density")
-    _add_run_flags(hessian)
-    add = hessian.add_argument
-    add("--top-k", dest="top_k", type=int, metavar="K", help="eigenpairs at the top of the spectrum (default 5)")
-    add("--trace-probes", dest="trace_probes", type=int, metavar="N", help="Hutchinson's probe vectors for the trace (default 64)")
-    add("--density-probes", dest="density_probes", type=int, metavar="N", help="random vectors of the density (default 4)")
-    add("--lanczos-steps", dest="lanczos_steps", type=int, metavar="N", help="Lanczos steps of each (default 60)")
+    _add_command_flags(hessian, "hessian")
     sbatch = commands.add_parser("sbatch", help="write a SLURM batch script for a run and submit it (or print it)")
-    _add_run_flags(sbatch)
+    _add_command_flags(sbatch, "sbatch")
     _add_sbatch_flags(sbatch)
     return parser
 
@@ -171,13 +98,14 @@ def _add_sbatch_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run_config(args: argparse.Namespace):
-    """The run's config: the TOML file's settings, overridden by the flags given."""
-    from .config import RunConfig, load_toml
+    """The command's config (:data:`.config.CONFIGS`): the TOML file's settings, overridden by the flags given."""
+    from .config import CONFIGS, load_toml
+    from .settings import given_flags
 
-    values = load_toml(args.config_file) if args.config_file else {}
-    names = RUN_SETTINGS + (HESSIAN_SETTINGS if args.command == "hessian" else ())
-    values.update({name: getattr(args, name) for name in names if getattr(args, name, None) is not None})
-    return RunConfig.build(**values)
+    config = CONFIGS[args.command]
+    values = load_toml(args.config_file, config) if args.config_file else {}
+    values.update(given_flags(args, config))
+    return config.build(**values)
 
 
 def command_hessian(args: argparse.Namespace) -> int:
@@ -212,15 +140,15 @@ def command_run(args: argparse.Namespace) -> int:
     if rank() != 0:  # rank 0 speaks for the job
         return status.exit_code
     if status == Status.UNCHANGED:
-        print(f"{config.out}: stopped before its first chunk; the file it was to replace is unchanged "
+        print(f"{config.output.out}: stopped before its first chunk; the file it was to replace is unchanged "
               "(run again with --overwrite)", file=sys.stderr)  # fmt: skip
         return status.exit_code
     if status != Status.COMPLETE:
-        print(f"{config.out}: {status}; finished chunks are saved, continue with --resume", file=sys.stderr)
+        print(f"{config.output.out}: {status}; finished chunks are saved, continue with --resume", file=sys.stderr)
         return status.exit_code
-    print(f"{config.out}: {status}", file=sys.stderr)
+    print(f"{config.output.out}: {status}", file=sys.stderr)
     if not args.no_plot:
-        _plot_if_possible(config.out, None)
+        _plot_if_possible(config.output.out, None)
     return status.exit_code
 
 
@@ -269,6 +197,8 @@ def command_export(args: argparse.Namespace) -> int:
 def command_sbatch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .config import CONFIGS
+    from .settings import command_line, given_flags
     from .slurm import JobSpec, render, submit
     from .storage import MARK, carries_mark, write_atomically
 
@@ -276,21 +206,16 @@ def command_sbatch(args: argparse.Namespace) -> int:
         raise UserError("--overwrite has no place in a batch job: a requeued job would start over; remove the file first")
     config = run_config(args)  # a mistake in the run's settings shows now, not in the queue
     run_args = [args.config_file] if args.config_file else []
-    for name in RUN_SETTINGS:
-        value = getattr(args, name)
-        if isinstance(value, list):  # --plane B.pt C.pt
-            run_args += [f"--{name.replace('_', '-')}", *value]
-        elif value is not None:
-            run_args.append(f"--{name.replace('_', '-')}={value}")
+    run_args += command_line(given_flags(args, CONFIGS["run"]), CONFIGS["run"])
     run_args += ["--no-plot"] if args.no_plot else []
     job = JobSpec(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node, time=args.time,
         partition=args.partition, account=args.account, job_name=args.job_name,
         warning_seconds=args.signal_seconds, requeue=args.requeue, srun_mpi=args.srun_mpi,
     )  # fmt: skip
-    script = Path(args.script or Path(config.out).with_suffix(".sbatch")).absolute()
+    script = Path(args.script or Path(config.output.out).with_suffix(".sbatch")).absolute()
     template = Path(args.template) if args.template else None
-    text = render(job, run_args, out=Path(config.out), script=script, workdir=Path.cwd(), template=template)
+    text = render(job, run_args, out=Path(config.output.out), script=script, workdir=Path.cwd(), template=template)
     # The mark under the first line (the interpreter's), so that dsurf sbatch knows its own script again.
     first, _, rest = text.partition("\n")
     text = f"{first}\n# {MARK} (dsurf sbatch)\n{rest}"

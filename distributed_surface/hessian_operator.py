@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import HessianConfig, RunConfig
 from .core.hessian import HessianOperator, hessian_parameters
 from .core.measurements import TRAIN
 from .core.samples import to_device
@@ -19,23 +19,23 @@ from .problem import Problem
 HESSIAN_BATCH = 256  # samples a batch of Hessian-vector products, where --batch-size does not say
 
 
-def operator_for(config: RunConfig, problem: Problem, device: torch.device, world=None) -> HessianOperator:
+def operator_for(config: RunConfig | HessianConfig, problem: Problem, device: torch.device, world=None) -> HessianOperator:
     """H at the model's own weights over this rank's part of the train split's first samples."""
     samples = problem.splits[TRAIN]
-    if config.hessian_samples is not None:
-        samples = samples.slice(0, min(config.hessian_samples, len(samples)))
+    if config.evaluation.hessian_samples is not None:
+        samples = samples.slice(0, min(config.evaluation.hessian_samples, len(samples)))
     count = problem.loss.loss_count(samples.targets)
     rank, size = (world.rank, world.size) if world is not None else (0, 1)
     share = -(-len(samples) // size)
     mine = samples.slice(rank * share, min(len(samples), (rank + 1) * share))
-    batch = config.batch_size or HESSIAN_BATCH
+    batch = config.evaluation.batch_size or HESSIAN_BATCH
     batches = []
     for start in range(0, len(mine), batch):
         part = mine.slice(start, min(start + batch, len(mine)))
         batches.append((to_device(part.inputs, device), part.targets.to(device)))
     model = problem.model.to(device).eval()
     try:
-        names = hessian_parameters(model, config.hessian_params)
+        names = hessian_parameters(model, config.evaluation.hessian_params)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     reduce = world.sum if world is not None and world.size > 1 else None

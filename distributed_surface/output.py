@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RunConfig
+from .config import HessianConfig, RunConfig
 from .core.host import host_memory_available
 from .core.measurements import Measurement
 from .core.errors import UserError
@@ -28,27 +28,27 @@ def check_output(config: RunConfig, *, resume: bool, overwrite: bool) -> bool:
     Never changes a file."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: choose one")
-    path = Path(config.out)
-    check_writable(config.out)
+    path = Path(config.output.out)
+    check_writable(config.output.out)
     if not path.exists():
         return False
     if not resume and not overwrite:
-        raise UserError(f"{config.out!r} exists: pass --resume to continue it or --overwrite to replace it")
+        raise UserError(f"{config.output.out!r} exists: pass --resume to continue it or --overwrite to replace it")
     if overwrite:
         try:
-            open_checked(config.out, "r").close()
+            open_checked(config.output.out, "r").close()
         except UserError as exc:
             raise UserError(f"--overwrite refuses to replace a file that is not a surface: {exc}") from None
         return False
-    with open_checked(config.out, "r") as f:
-        check_resumable(f, config.out)
+    with open_checked(config.output.out, "r") as f:
+        check_resumable(f, config.output.out)
         stored = RunConfig.from_json(f.attrs["config"])
     differences = config.surface_differences(stored)
     if differences:
         name = differences[0]
         raise UserError(
-            f"--resume: {config.out!r} was made with {name.replace('_', '-')}={getattr(stored, name)!r}, "
-            f"this run has {getattr(config, name)!r}"
+            f"--resume: {config.output.out!r} was made with {name.replace('_', '-')}={stored.value(name)!r}, "
+            f"this run has {config.value(name)!r}"
         )
     return True
 
@@ -66,20 +66,20 @@ def check_grid_fits(config: RunConfig) -> None:
             f"of the {available / 2**30:.3g} GiB available: use a coarser grid, or several runs over parts of it"
         )
     try:
-        check_space(config.out, surface_bytes(points, [Measurement("loss")]), replacing=Path(config.out).exists())
+        check_space(config.output.out, surface_bytes(points, [Measurement("loss")]), replacing=Path(config.output.out).exists())
     except UserError as exc:
         raise UserError(f"the grid's {points:,} points: {exc}") from None
 
 
-def check_spectrum_output(config: RunConfig, *, overwrite: bool) -> None:
+def check_spectrum_output(config: HessianConfig, *, overwrite: bool) -> None:
     """``dsurf hessian``'s output may be written: an existing file only with ``--overwrite``, and only
     where it is a spectrum file."""
-    check_writable(config.out)
-    if not Path(config.out).exists():
+    check_writable(config.output.out)
+    if not Path(config.output.out).exists():
         return
     if not overwrite:
-        raise UserError(f"{config.out!r} exists: pass --overwrite to replace it")
+        raise UserError(f"{config.output.out!r} exists: pass --overwrite to replace it")
     from .storage import is_spectrum
 
-    if not is_spectrum(config.out):
-        raise UserError(f"--overwrite refuses to replace {config.out!r}: it is not a Hessian spectrum file")
+    if not is_spectrum(config.output.out):
+        raise UserError(f"--overwrite refuses to replace {config.output.out!r}: it is not a Hessian spectrum file")

@@ -43,15 +43,16 @@ class Problem:
 
 def load_problem(config) -> Problem:
     """Build the model (with its checkpoint), the data of each split and the loss from ``config`` (a
-    :class:`~.config.RunConfig`)."""
-    model = build_model(config.model)
-    if config.checkpoint is not None:
-        load_checkpoint(model, config.checkpoint)
-    how = {"placement": config.data_placement, "workers": config.workers}
-    splits = {TRAIN: load_data(config.data, config.max_samples, "--data", **how)}
-    if config.test_data is not None:
-        splits[TEST] = load_data(config.test_data, config.max_test_samples, "--test-data", **how)
-    return Problem(model=model, splits=splits, loss=resolve_loss(config.loss))
+    :class:`~.config.RunConfig` or :class:`~.config.HessianConfig`: their ``problem`` section, and where
+    the data is kept, from their ``evaluation``)."""
+    model = build_model(config.problem.model)
+    if config.problem.checkpoint is not None:
+        load_checkpoint(model, config.problem.checkpoint)
+    how = {"placement": config.evaluation.data_placement, "workers": config.evaluation.workers}
+    splits = {TRAIN: load_data(config.problem.data, config.problem.max_samples, "--data", **how)}
+    if config.problem.test_data is not None:
+        splits[TEST] = load_data(config.problem.test_data, config.problem.max_test_samples, "--test-data", **how)
+    return Problem(model=model, splits=splits, loss=resolve_loss(config.problem.loss))
 
 
 def fingerprint(problem: Problem) -> dict[str, object]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +60,11 @@ class Loaded:
 
 
 class SurfaceJob:
-    """The loss (and accuracy) of every split at every point of ``config``'s grid, into ``config.out``."""
+    """The loss (and accuracy) of every split at every point of ``config``'s grid, into ``config.output.out``."""
 
     def __init__(self, config: RunConfig, *, resume: bool = False, overwrite: bool = False):
         self.config = config
-        self.out = config.out
+        self.out = config.output.out
         self.resume = resume
         self.overwrite = overwrite
 
@@ -74,8 +74,8 @@ class SurfaceJob:
         one that replaces an existing file (``--overwrite``) is built beside it, and the engine puts it
         in place once it holds a chunk."""
         config = self.config
-        check_writable(config.out)
-        self._lock = take_lock(config.out)
+        check_writable(config.output.out)
+        self._lock = take_lock(config.output.out)
         try:
             return self._prepare(local_rank)
         except BaseException:
@@ -86,17 +86,17 @@ class SurfaceJob:
         config = self.config
         resuming = check_output(config, resume=self.resume, overwrite=self.overwrite)
         check_grid_fits(config)
-        device = resolve_device(config.device, local_rank)
+        device = resolve_device(config.evaluation.device, local_rank)
         problem = load_problem(config)
         check_problem(problem, device, config.data_flags)
         prints = fingerprint(problem)
         frame = None
         if resuming:
-            check_fingerprint(config.out, prints)
-            with open_checked(config.out, "r") as f:
+            check_fingerprint(config.output.out, prints)
+            with open_checked(config.output.out, "r") as f:
                 if config.auto_axes:  # the spans the first run chose
                     stored = RunConfig.from_json(_text(f.attrs["config"]))
-                    config = self.config = replace(config, **{a: getattr(stored, a) for a in config.auto_axes})
+                    config = self.config = config.replace(**{a: stored.value(a) for a in config.auto_axes})
                 directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in read_directions(f)]
                 done = f["done"][()]
                 stored = [m.name for m in stored_measurements(f)]
@@ -110,20 +110,20 @@ class SurfaceJob:
             chosen = choose_spans(config, frame, _naming_failures(evaluator))
             for name, span in chosen.items():
                 print(f"dsurf: --{name} auto: {span}", file=sys.stderr)
-            config = self.config = replace(config, **chosen)
+            config = self.config = config.replace(**chosen)
             frame.layout = layout = make_layout(config, len(frame.directions))
-        path, replaces = config.out, None
+        path, replaces = config.output.out, None
         if resuming:
             measured = [m.name for m in evaluator.measurements]
             if measured != stored:
-                raise UserError(f"--resume: {config.out!r} holds {', '.join(stored)}; this run measures {', '.join(measured)}")
+                raise UserError(f"--resume: {config.output.out!r} holds {', '.join(stored)}; this run measures {', '.join(measured)}")
         else:
-            exists = Path(config.out).exists()
+            exists = Path(config.output.out).exists()
             temporary = create_file(config, evaluator.measurements, frame, prints, replacing=exists)
             if exists:
-                path, replaces = str(temporary), config.out
+                path, replaces = str(temporary), config.output.out
             else:
-                publish(temporary, config.out)
+                publish(temporary, config.output.out)
             done = np.zeros(layout.shape, dtype=np.uint8)
         shared = {"prints": prints, "directions": [{k: v.numpy() for k, v in d.items()} for d in directions]}
         local = Loaded(problem, device, directions, evaluator)
@@ -143,7 +143,7 @@ class SurfaceJob:
         loaded = setup.local if root else None
         if loaded is None:
             config = self.config
-            device = resolve_device(config.device, local_rank)
+            device = resolve_device(config.evaluation.device, local_rank)
             problem = load_problem(config)
             if fingerprint(problem) != setup.shared["prints"]:
                 raise UserError("loaded other weights or data than rank 0 (is the checkpoint or data set the same?)")
@@ -167,8 +167,8 @@ def run(
         if world_size() > 1:
             from .engine.mpi import run_distributed
 
-            return run_distributed(job, chunk_size=config.chunk_size, rank0=config.rank0, progress=progress, stop=stop)
-        return run_serial(job, chunk_size=config.chunk_size, progress=progress, stop=stop)
+            return run_distributed(job, chunk_size=config.evaluation.chunk_size, rank0=config.evaluation.rank0, progress=progress, stop=stop)
+        return run_serial(job, chunk_size=config.evaluation.chunk_size, progress=progress, stop=stop)
 
 
 def check_fingerprint(path: str, expected: dict[str, object]) -> None:
@@ -188,19 +188,19 @@ def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, di
             directions,
             problem.splits,
             problem.loss,
-            batch_size=config.batch_size,
+            batch_size=config.evaluation.batch_size,
             device=device,
-            dir_type=config.dir_type,
-            points_per_pass=config.points_per_pass,
-            vmap=config.vmap,
-            precision=config.precision,
-            compile=config.compile,
-            channels_last=None if config.channels_last == "auto" else config.channels_last,
-            resident={"device": True, "host": False}.get(config.data_placement),
+            dir_type=config.directions.dir_type,
+            points_per_pass=config.evaluation.points_per_pass,
+            vmap=config.evaluation.vmap,
+            precision=config.evaluation.precision,
+            compile=config.evaluation.compile,
+            channels_last=None if config.evaluation.channels_last == "auto" else config.evaluation.channels_last,
+            resident={"device": True, "host": False}.get(config.evaluation.data_placement),
         )
-        if config.measure == "hessian":
-            evaluator = CurvatureEvaluator(evaluator, samples=config.hessian_samples, params=config.hessian_params,
-                                           tol=config.hessian_tol, seed=config.seed)  # fmt: skip
+        if config.evaluation.measure == "hessian":
+            evaluator = CurvatureEvaluator(evaluator, samples=config.evaluation.hessian_samples, params=config.evaluation.hessian_params,
+                                           tol=config.evaluation.hessian_tol, seed=config.evaluation.seed)  # fmt: skip
         return evaluator
     except ValueError as exc:  # the evaluator's checks of the data and directions
         raise UserError(str(exc)) from None
@@ -209,14 +209,14 @@ def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, di
 def create_file(
     config: RunConfig, measurements: list[Measurement], frame: Frame, prints: dict[str, object], *, replacing: bool
 ) -> Path:
-    """Write a new, empty surface file for this run beside ``config.out``; return where (see
+    """Write a new, empty surface file for this run beside ``config.output.out``; return where (see
     :func:`~.storage.create.create_surface`). Refused where the disk cannot hold it."""
     arrays = [{k: v.detach().cpu().numpy() for k, v in d.items()} for d in frame.directions]
     nbytes = surface_bytes(frame.layout.size, measurements, sum(a.nbytes for d in arrays for a in d.values()),
                            datasets=sum(len(d) for d in arrays))  # fmt: skip
-    check_space(config.out, nbytes, replacing=replacing)
+    check_space(config.output.out, nbytes, replacing=replacing)
     return create_surface(
-        config.out,
+        config.output.out,
         config_json=config.to_json(),
         grid=frame.layout,
         measurements=measurements,
@@ -236,8 +236,8 @@ def stored_layout(config: RunConfig, f) -> Grid | PointList:
     if "points" not in f:
         return config.grid
     layout = PointList(f["points"][()], f["xcoordinates"][()], f["curve"][()] if "curve" in f else None)
-    if config.points is not None and read_points(config.points) != layout:
-        raise UserError(f"--resume: --points {config.points!r} holds other points than {config.out!r}")
+    if config.directions.points is not None and read_points(config.directions.points) != layout:
+        raise UserError(f"--resume: --points {config.directions.points!r} holds other points than {config.output.out!r}")
     return layout
 
 

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import HessianConfig
 from .core.hessian import HessianOperator, extreme_eigenpairs, hutchinson_trace, spectral_density
 from .core.errors import UserError
 from .hessian_operator import check_twice_differentiable, operator_for
@@ -31,7 +31,7 @@ class SpectrumTask:
     its lock; every rank loads the problem and its part of the data; every rank computes in step; rank
     0 writes the file."""
 
-    def __init__(self, config: RunConfig, *, overwrite: bool = False):
+    def __init__(self, config: HessianConfig, *, overwrite: bool = False):
         self.config = config
         self.overwrite = overwrite
         self._lock = None
@@ -41,17 +41,17 @@ class SpectrumTask:
         from .storage import take_lock
 
         check_spectrum_output(self.config, overwrite=self.overwrite)
-        self._lock = take_lock(self.config.out)
+        self._lock = take_lock(self.config.output.out)
 
     def load(self, world) -> tuple[HessianOperator, torch.device]:
         config = self.config
-        device = resolve_device(config.device, world.local_rank)
+        device = resolve_device(config.evaluation.device, world.local_rank)
         problem = load_problem(config)
         if world.rank == 0:
             check_problem(problem, device, config.data_flags)
         operator = operator_for(config, problem, device, world)
-        if not 1 <= config.top_k < operator.size:
-            raise UserError(f"--top-k must be between 1 and {operator.size - 1} (the Hessian's parameters less one), got {config.top_k}")
+        if not 1 <= config.hessian.top_k < operator.size:
+            raise UserError(f"--top-k must be between 1 and {operator.size - 1} (the Hessian's parameters less one), got {config.hessian.top_k}")
         return operator, device
 
     def compute(self, loaded: tuple[HessianOperator, torch.device], world, say) -> dict[str, object]:
@@ -59,16 +59,16 @@ class SpectrumTask:
         operator, device = loaded
         check_twice_differentiable(operator)
         say(f"Hessian of the mean loss over {operator.count} targets, {operator.size:,} parameters "
-            f"({config.hessian_params}), {world.size} rank(s)" + (f"; {world.threads}" if device.type == "cpu" else ""))  # fmt: skip
+            f"({config.evaluation.hessian_params}), {world.size} rank(s)" + (f"; {world.threads}" if device.type == "cpu" else ""))  # fmt: skip
         started = time.time()
-        top = extreme_eigenpairs(operator, k=config.top_k, which="LA", tol=config.hessian_tol, seed=config.seed)
-        say(f"top {config.top_k} eigenvalues: {', '.join(f'{v:.6g}' for v in top.values)} ({top.products} products)")
-        bottom = extreme_eigenpairs(operator, k=1, which="SA", tol=config.hessian_tol, seed=config.seed + 1)
+        top = extreme_eigenpairs(operator, k=config.hessian.top_k, which="LA", tol=config.evaluation.hessian_tol, seed=config.evaluation.seed)
+        say(f"top {config.hessian.top_k} eigenvalues: {', '.join(f'{v:.6g}' for v in top.values)} ({top.products} products)")
+        bottom = extreme_eigenpairs(operator, k=1, which="SA", tol=config.evaluation.hessian_tol, seed=config.evaluation.seed + 1)
         say(f"smallest eigenvalue: {bottom.values[0]:.6g} ({bottom.products} products)")
-        trace, stderr = hutchinson_trace(operator, config.trace_probes, seed=config.seed)
-        say(f"trace: {trace:.6g} ± {stderr:.3g} ({config.trace_probes} probes)")
-        density = spectral_density(operator, config.density_probes, config.lanczos_steps, seed=config.seed)
-        say(f"density: {config.density_probes} Lanczos runs of {config.lanczos_steps} steps ({time.time() - started:.1f} s in all)")
+        trace, stderr = hutchinson_trace(operator, config.hessian.trace_probes, seed=config.evaluation.seed)
+        say(f"trace: {trace:.6g} ± {stderr:.3g} ({config.hessian.trace_probes} probes)")
+        density = spectral_density(operator, config.hessian.density_probes, config.hessian.lanczos_steps, seed=config.evaluation.seed)
+        say(f"density: {config.hessian.density_probes} Lanczos runs of {config.hessian.lanczos_steps} steps ({time.time() - started:.1f} s in all)")
         return {"operator": operator, "top": top, "bottom": bottom, "trace": trace, "stderr": stderr, "density": density,
                 "ranks": world.size, "seconds": time.time() - started}  # fmt: skip
 
@@ -78,14 +78,14 @@ class SpectrumTask:
         config, operator, top = self.config, result["operator"], result["top"]
         vectors = {name: np.stack([operator.split(v)[name].cpu().numpy() for v in top.vectors]) for name in operator.names}
         write_spectrum(
-            config.out, config_json=config.to_json(), eigenvalues=top.values, eigenvectors=vectors,
+            config.output.out, config_json=config.to_json(), eigenvalues=top.values, eigenvectors=vectors,
             min_eigenvalue=result["bottom"].values[0], trace=result["trace"], trace_stderr=result["stderr"],
             density_grid=result["density"].grid, density=result["density"].density,
             attrs={"parameters": operator.size, "targets": operator.count, "ranks": result["ranks"],
                    "products": operator.products, "seconds": result["seconds"],
-                   "torch_version": str(torch.__version__), "hessian_params": config.hessian_params},
+                   "torch_version": str(torch.__version__), "hessian_params": config.evaluation.hessian_params},
         )  # fmt: skip
-        return config.out
+        return config.output.out
 
     def close(self) -> None:
         if self._lock is not None:
@@ -93,7 +93,7 @@ class SpectrumTask:
             self._lock = None
 
 
-def compute_spectrum(config: RunConfig, *, overwrite: bool = False, progress: bool = True) -> str | None:
+def compute_spectrum(config: HessianConfig, *, overwrite: bool = False, progress: bool = True) -> str | None:
     """Compute the spectrum of ``config``'s problem, in this process or on every MPI rank, and write it
     (rank 0); return the file written (rank 0), None on the other ranks."""
     from .engine.task import run_task

@@ -514,9 +514,9 @@ def test_channels_last_auto_on_the_command_line_and_in_toml(tmp_path):
     (tmp_path / "s.toml").write_text('channels-last = "auto"\ncompile = "off"\n')
     assert load_toml(str(tmp_path / "s.toml")) == {"channels_last": "auto", "compile": False}
     (tmp_path / "on.toml").write_text('channels-last = "on"\n')
-    assert run_config(parse(["run", str(tmp_path / "on.toml")])).channels_last is True
+    assert run_config(parse(["run", str(tmp_path / "on.toml")])).evaluation.channels_last is True
     # a flag overrides the file, "auto" included
-    assert run_config(parse(["run", str(tmp_path / "on.toml"), "--channels-last=auto"])).channels_last == "auto"
+    assert run_config(parse(["run", str(tmp_path / "on.toml"), "--channels-last=auto"])).evaluation.channels_last == "auto"
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

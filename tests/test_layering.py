@@ -75,11 +75,10 @@ def string_constants(path: Path) -> list[tuple[int, str]]:
 def test_split_names_are_spelled_in_one_place():
     """Only core/measurements.py names the splits and measurements; everything else asks it. (Settings
     such as ``test_data`` are settings' names, not measurements.)"""
-    from dataclasses import fields
+    from distributed_surface.config import CONFIGS
+    from distributed_surface.settings import settings_of
 
-    from distributed_surface.config import RunConfig
-
-    settings = {f.name for f in fields(RunConfig)}
+    settings = {name for config in CONFIGS.values() for name in settings_of(config)}
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.name == "measurements.py":

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .losses import Loss, logits_of
+from .options import HESSIAN_PARAMS
 from .precision import at_least_fp32
 from .samples import Inputs
 
@@ -220,9 +221,6 @@ def spectral_density(
         density += (tau[None, :] * np.exp(-((grid[:, None] - theta[None, :]) ** 2) / (2 * width**2))).sum(axis=1)
     density /= probes * width * np.sqrt(2 * np.pi)
     return Density(grid, density, nodes, weights)
-
-
-HESSIAN_PARAMS = ("weights", "all")
 
 
 def hessian_parameters(model: nn.Module, which: str = "weights") -> list[str]:

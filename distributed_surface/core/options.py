@@ -10,3 +10,10 @@ BUILTIN_LOSS_NAMES = ("cross_entropy", "causal_lm", "mse")
 # Where a split's data is kept: auto (chosen from its size), on the device, in host memory (each batch
 # copied to the device), or read from its Dataset on every pass.
 DATA_PLACEMENTS = ("auto", "device", "host", "stream")
+# What is measured at every point: the loss (and accuracy) of each split, or also the Hessian's extreme
+# eigenvalues (of the train split's loss).
+MEASURES = ("loss", "hessian")
+# Which parameters the Hessian is taken over: those with more than one dimension (the paper's), or all.
+HESSIAN_PARAMS = ("weights", "all")
+# Under MPI, rank 0 coordinates; "work": it also evaluates chunks, "coordinate": it only coordinates.
+RANK0_ROLES = ("work", "coordinate")

@@ -21,7 +21,8 @@ tells, in order of use:
    written into the file, so that a surface plots and is described without its kind's code.
 
 Settings are read from a :class:`~distributed_surface.config.RunConfig` (``config``: not imported
-here, since the config asks the registry which kind it selects). A kind with
+here, since the config asks the registry which kind it selects), by section (``config.directions.to``,
+``config.evaluation.seed``) or by name (``config.value("to")``). A kind with
 settings of its own (``--to``, ``--plane``, ...) selects itself from them; a kind without any is
 selected by giving its name to ``--directions`` (``--directions hessian``).
 
@@ -81,7 +82,8 @@ class DirectionKind(ABC):
     #: The kind's name: stored as the ``kind`` attribute of the file's directions, and, for a kind
     #: without settings of its own, what ``--directions`` names to select it.
     name: ClassVar[str]
-    #: The settings (RunConfig fields) that select it; none: it is selected by ``--directions NAME``.
+    #: The declared settings (of the ``Directions`` section, sections.py) that select it; none: it is
+    #: selected by ``--directions NAME``.
     settings: ClassVar[tuple[str, ...]] = ()
     #: How many axes its points have: 1 (a curve: ``--y`` refused), 2 (a plane: ``--y`` needed), or
     #: None (as many as the grid's axes or ``--points``' columns, or known only once made).
@@ -106,7 +108,7 @@ class DirectionKind(ABC):
     def selects(self, config) -> bool:
         """Whether ``config`` selects this kind by its own settings (default: any of :attr:`settings`
         given). A kind without settings is selected by its name (the registry's rule), not here."""
-        return any(getattr(config, name) is not None for name in self.settings)
+        return any(config.value(name) is not None for name in self.settings)
 
     def check(self, config) -> None:
         """Refuse, with one :class:`~distributed_surface.errors.UserError` line, a bad value of this
@@ -136,7 +138,7 @@ class DirectionKind(ABC):
         measurements of a batch of offsets)."""
         from ..span import drawn_span
 
-        return drawn_span(evaluate, len(made.directions), axis, config.auto_rise)
+        return drawn_span(evaluate, len(made.directions), axis, config.directions.auto_rise)
 
     def rows(self, made: Made, axis: int, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` (of the first dimension; a 0-d tensor has one row) of tensor ``name`` of

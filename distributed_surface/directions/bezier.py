@@ -24,22 +24,22 @@ class Bezier(DirectionKind):
     own_points = True
 
     def check(self, config) -> None:
-        check_path("--bend", config.bend)
-        check_path("--to", config.to)
-        if config.to is None:
+        check_path("--bend", config.directions.bend)
+        check_path("--to", config.directions.to)
+        if config.directions.to is None:
             raise UserError("--bend M.pt draws the curve from θ0 through M to a checkpoint B: add --to B.pt")
 
     def sources(self, config) -> list[tuple[str, str]]:
-        return [("bend", config.bend), ("to", config.to)]
+        return [("bend", config.directions.bend), ("to", config.directions.to)]
 
     def make(self, config, problem, base, ndim, device) -> Made:
-        middle, end = offsets(problem.model, base, [("--bend", config.bend), ("--to", config.to)])
+        middle, end = offsets(problem.model, base, [("--bend", config.directions.bend), ("--to", config.directions.to)])
         bend = {name: (end[name].double() - 2 * middle[name].double()).to(t.dtype) for name, t in middle.items()}
         return Made(
             directions=[middle, bend],
-            description=f"curve through {Path(config.bend).stem} to {Path(config.to).stem}",
+            description=f"curve through {Path(config.directions.bend).stem} to {Path(config.directions.to).stem}",
             axis_labels=["t: (1−t)²·θ0 + 2t(1−t)·θM + t²·θB (straight line: (1−t)·θ0 + t·θB)"],
-            markers=[{"label": "θ0", "at": [0.0]}, {"label": Path(config.to).stem, "at": [1.0]}],
+            markers=[{"label": "θ0", "at": [0.0]}, {"label": Path(config.directions.to).stem, "at": [1.0]}],
             curves=CURVES,
         )
 

@@ -19,13 +19,13 @@ class DirectionFile(DirectionKind):
     ignored_settings = UNNORMALISED
 
     def check(self, config) -> None:
-        check_path("--directions", config.directions)
+        check_path("--directions", config.directions.directions)
 
     def sources(self, config) -> list[tuple[str, str]]:
-        return [("directions", config.directions)]
+        return [("directions", config.directions.directions)]
 
     def make(self, config, problem, base, ndim, device) -> Made:
-        return Made(directions=read_direction_file(config.directions, base), description="directions from a file")
+        return Made(directions=read_direction_file(config.directions.directions, base), description="directions from a file")
 
 
 def read_direction_file(path: str, base: dict) -> list[dict]:

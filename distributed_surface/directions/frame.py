@@ -45,21 +45,21 @@ def make_frame(config, problem, *, device=None) -> Frame:
     from ..core.directions import base_tensors
 
     kind = config.direction_kind
-    base = base_tensors(problem.model, config.dir_type)
-    ndim = read_points(config.points).ndim if config.points is not None else config.grid.ndim
+    base = base_tensors(problem.model, config.directions.dir_type)
+    ndim = read_points(config.directions.points).ndim if config.directions.points is not None else config.grid.ndim
     made = kind.make(config, problem, base, ndim, device)
     sources = [file_source(role, path) for role, path in kind.sources(config)]  # (read by now: named by their flags)
-    if config.params is not None:
-        made.directions = restrict_to(made.directions, base, config.params)
+    if config.directions.params is not None:
+        made.directions = restrict_to(made.directions, base, config.directions.params)
     layout = make_layout(config, len(made.directions))
-    attrs = {"kind": kind.name, "dir_type": config.dir_type, "sources": json.dumps(sources),
+    attrs = {"kind": kind.name, "dir_type": config.directions.dir_type, "sources": json.dumps(sources),
              "markers": json.dumps(made.markers), "description": made.description}  # fmt: skip
     for key, values in (("axis_labels", made.axis_labels), ("axis_short_labels", made.short_labels), ("curves", made.curves)):
         if values:
             attrs[key] = json.dumps(list(values))
     attrs.update(made.record)
-    if config.params is not None:
-        attrs["params"] = config.params
+    if config.directions.params is not None:
+        attrs["params"] = config.directions.params
     return Frame(kind, made, layout, attrs)
 
 
@@ -69,10 +69,10 @@ def make_layout(config, ndim: int) -> Grid | PointList:
     own = kind.points(config)
     if own is not None:
         return own
-    if config.points is not None:
-        points = read_points(config.points)
+    if config.directions.points is not None:
+        points = read_points(config.directions.points)
         if points.ndim != ndim:
-            raise UserError(f"--points {config.points!r} has {points.ndim} column(s); these directions need {ndim}")
+            raise UserError(f"--points {config.directions.points!r} has {points.ndim} column(s); these directions need {ndim}")
         return points
     grid = config.grid
     if grid.ndim != ndim:

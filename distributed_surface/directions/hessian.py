@@ -22,7 +22,7 @@ class HessianEigenvectors(DirectionKind):
 
         operator = operator_for(config, problem, device)
         check_twice_differentiable(operator)
-        top = extreme_eigenpairs(operator, k=2, which="LA", tol=config.hessian_tol, seed=config.seed)
+        top = extreme_eigenpairs(operator, k=2, which="LA", tol=config.evaluation.hessian_tol, seed=config.evaluation.seed)
         print(f"dsurf: directions: the Hessian's top eigenvectors at θ0 (eigenvalues {top.values[0]:.6g}, "
               f"{top.values[1]:.6g}; {top.products} products)", file=sys.stderr)  # fmt: skip
         base = {name: t.detach().cpu() for name, t in base.items()}
@@ -30,15 +30,15 @@ class HessianEigenvectors(DirectionKind):
         for vector in top.vectors:
             pieces = {name: t.cpu() for name, t in operator.split(vector).items()}
             direction = {name: pieces.get(name, torch.zeros_like(t)).to(t.dtype) for name, t in base.items()}
-            directions.append(normalize_direction(direction, base, config.norm, config.ignore))
+            directions.append(normalize_direction(direction, base, config.directions.norm, config.directions.ignore))
         values = [float(v) for v in top.values[:2]]
         return Made(
             directions=directions,
             description=f"the Hessian's top eigenvectors at θ0, eigenvalues {values[0]:.4g} and {values[1]:.4g}, "
-            f"{config.norm}-normalised",
+            f"{config.directions.norm}-normalised",
             axis_labels=[f"x: along the top eigenvector (λ1 = {values[0]:.4g})", f"y: along the second (λ2 = {values[1]:.4g})"],
             short_labels=["x (along v1)", "y (along v2)"],
-            record={"norm": config.norm, "ignore": config.ignore, "seed": config.seed,
-                    "hessian_params": config.hessian_params, "hessian_samples": config.hessian_samples or 0,
+            record={"norm": config.directions.norm, "ignore": config.directions.ignore, "seed": config.evaluation.seed,
+                    "hessian_params": config.evaluation.hessian_params, "hessian_samples": config.evaluation.hessian_samples or 0,
                     "eigenvalues": values},  # fmt: skip
         )

@@ -19,20 +19,20 @@ class Interpolate(DirectionKind):
     curve_hint = " (--plane B.pt C.pt spans a plane)"
 
     def selects(self, config) -> bool:
-        return config.to is not None and config.bend is None  # (with --bend, B is a curve's end)
+        return config.directions.to is not None and config.directions.bend is None  # (with --bend, B is a curve's end)
 
     def check(self, config) -> None:
-        check_path("--to", config.to)
+        check_path("--to", config.directions.to)
 
     def sources(self, config) -> list[tuple[str, str]]:
-        return [("to", config.to)]
+        return [("to", config.directions.to)]
 
     def make(self, config, problem, base, ndim, device) -> Made:
         return Made(
-            directions=offsets(problem.model, base, [("--to", config.to)]),
-            description=f"line to {Path(config.to).stem}",
+            directions=offsets(problem.model, base, [("--to", config.directions.to)]),
+            description=f"line to {Path(config.directions.to).stem}",
             axis_labels=["t: θ0 + t·(θB − θ0)"],
-            markers=model_markers([config.to]),
+            markers=model_markers([config.directions.to]),
         )
 
     def auto_span(self, config, made, axis, evaluate) -> tuple[float, float]:

@@ -1,6 +1,7 @@
 """The options that apply to every kind of directions, in one place: ``--points FILE.csv`` (offsets
-evaluated instead of a grid) and ``--params REGEX`` (only the matching tensors move), and the checks of
-the points' dimensions against the kind's."""
+evaluated instead of a grid) and ``--params REGEX`` (only the matching tensors move; their values are
+checked by their declarations in sections.py), and the checks of the points' dimensions against the
+kind's."""
 
 from __future__ import annotations
 
@@ -15,30 +16,17 @@ from ..core.errors import UserError
 from .base import DirectionKind
 
 
-def check_options(config) -> None:
-    """The generic options' own values: non-empty strings, and a regular expression for ``--params``."""
-    for name in ("points", "params"):
-        value = getattr(config, name)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise UserError(f"--{name} must be a non-empty string")
-    if config.params is not None:
-        try:
-            re.compile(config.params)
-        except re.error as exc:
-            raise UserError(f"--params {config.params!r} is not a regular expression: {exc}") from None
-
-
 def check_dimensions(config, kind: DirectionKind) -> None:
     """The points asked for fit the kind: ``--points`` without ``--y`` and not with a kind that makes its
     own points; ``--y`` for a kind that spans a plane, none for one that draws a curve."""
-    if config.points is not None:
-        if config.y is not None:
+    if config.directions.points is not None:
+        if config.directions.y is not None:
             raise UserError("--points gives the points: leave out --y")
         if kind.own_points:
             raise UserError(f"{kind.flag} makes its own points: leave out --points")
-    elif kind.ndim == 2 and config.y is None:
+    elif kind.ndim == 2 and config.directions.y is None:
         raise UserError(f"{kind.flag} spans a plane: give --y as well as --x")
-    elif kind.ndim == 1 and config.y is not None:
+    elif kind.ndim == 1 and config.directions.y is not None:
         raise UserError(f"{kind.flag} draws a curve: leave out --y{kind.curve_hint}")
 
 

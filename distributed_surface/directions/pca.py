@@ -34,19 +34,19 @@ class TrajectoryPCA(DirectionKind):
     ignored_settings = ("norm", "seed")
 
     def check(self, config) -> None:
-        check_path("--trajectory", config.trajectory)
+        check_path("--trajectory", config.directions.trajectory)
 
     def sources(self, config) -> list[tuple[str, str]]:
-        return [(f"checkpoint {k}", path) for k, path in enumerate(trajectory_files(config.trajectory))]
+        return [(f"checkpoint {k}", path) for k, path in enumerate(trajectory_files(config.directions.trajectory))]
 
     def make(self, config, problem, base, ndim, device) -> Made:
         from ..core.directions import is_movable
         from ..core.pca import trajectory_pca
         from ..problem import read_state
 
-        files = trajectory_files(config.trajectory)
+        files = trajectory_files(config.directions.trajectory)
         states = [read_state(path, problem.model, "--trajectory", mmap=True) for path in files]
-        ignore_biasbn = config.ignore == "biasbn"
+        ignore_biasbn = config.directions.ignore == "biasbn"
 
         def moving(name, tensor):
             return is_movable(tensor) and (tensor.dim() > 1 or not ignore_biasbn)
@@ -54,7 +54,7 @@ class TrajectoryPCA(DirectionKind):
         try:
             found = trajectory_pca(base, states, moving)
         except ValueError as exc:
-            raise UserError(f"--trajectory {config.trajectory!r}: {exc}") from None
+            raise UserError(f"--trajectory {config.directions.trajectory!r}: {exc}") from None
         ratios = found.explained_variance_ratio
         return Made(
             directions=found.directions,
@@ -63,7 +63,7 @@ class TrajectoryPCA(DirectionKind):
             markers=[{"label": "θ0", "at": [0.0, 0.0]}],
             trajectory={"x": found.projections[:, 0], "y": found.projections[:, 1], "names": [Path(f).name for f in files],
                         "explained_variance_ratio": ratios},  # fmt: skip
-            record={"ignore": config.ignore, "explained_variance_ratio": ratios},
+            record={"ignore": config.directions.ignore, "explained_variance_ratio": ratios},
         )
 
     def auto_span(self, config, made, axis, evaluate) -> tuple[float, float]:

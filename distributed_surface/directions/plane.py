@@ -19,15 +19,15 @@ class Plane(DirectionKind):
     ignored_settings = UNNORMALISED
 
     def check(self, config) -> None:
-        plane = config.plane
+        plane = config.directions.plane
         if len(plane) != 2 or not all(isinstance(p, str) and p for p in plane):
             raise UserError("--plane takes two checkpoints: --plane B.pt C.pt")
 
     def sources(self, config) -> list[tuple[str, str]]:
-        return [("B", config.plane[0]), ("C", config.plane[1])]
+        return [("B", config.directions.plane[0]), ("C", config.directions.plane[1])]
 
     def make(self, config, problem, base, ndim, device) -> Made:
-        b, c = config.plane
+        b, c = config.directions.plane
         return Made(
             directions=offsets(problem.model, base, [("--plane", b), ("--plane", c)]),
             description=f"plane through {Path(b).stem} and {Path(c).stem}",

@@ -18,7 +18,7 @@ class RandomNormal(DirectionKind):
         from ..core.directions import make_directions
 
         return Made(
-            directions=make_directions(base, ndim, config.norm, config.ignore, config.seed),
-            description=f"{config.norm}-normalised random directions, ignore {config.ignore}, seed {config.seed}",
-            record={"norm": config.norm, "ignore": config.ignore, "seed": config.seed},
+            directions=make_directions(base, ndim, config.directions.norm, config.directions.ignore, config.evaluation.seed),
+            description=f"{config.directions.norm}-normalised random directions, ignore {config.directions.ignore}, seed {config.evaluation.seed}",
+            record={"norm": config.directions.norm, "ignore": config.directions.ignore, "seed": config.evaluation.seed},
         )

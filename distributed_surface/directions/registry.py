@@ -17,10 +17,11 @@ A config selects the kind whose settings it gives (``--to``, ``--plane``, ...), 
 from __future__ import annotations
 
 import importlib
-from dataclasses import replace
 from importlib.metadata import entry_points
 
 from ..core.errors import UserError
+from ..sections import Directions, SurfaceEvaluation
+from ..settings import declared
 from .base import DirectionKind
 
 ENTRY_POINT_GROUP = "distributed_surface.directions"
@@ -98,10 +99,10 @@ def selected_kinds(config) -> list[DirectionKind]:
     """Every kind ``config`` selects, in the registry's order: those whose settings it gives, and the one
     that ``--directions`` names (which is then a kind's name, not a file's)."""
     known = kinds()
-    named = known.get(config.directions) if isinstance(config.directions, str) else None
+    named = known.get(config.directions.directions) if isinstance(config.directions.directions, str) else None
     if named is not None and named.settings:
         named = None  # a kind with settings of its own is selected by them
-    plain = replace(config, directions=None) if named is not None else config
+    plain = config.replace(directions=None) if named is not None else config
     return [kind for kind in known.values() if kind is named or kind.selects(plain)]
 
 
@@ -118,4 +119,16 @@ def _instance(kind, what: str) -> DirectionKind:
     instance = kind() if isinstance(kind, type) else kind
     if not isinstance(instance, DirectionKind) or not isinstance(getattr(instance, "name", None), str):
         raise UserError(f"{what} is not a DirectionKind with a name")
+    _check_settings(instance, what)
     return instance
+
+
+def _check_settings(kind: DirectionKind, what: str) -> None:
+    """A kind names declared settings: those that select it are the directions' (sections.py), those it
+    ignores the directions' or the evaluation's (``--seed``)."""
+    selecting = {s.name for s in declared(Directions)}
+    ignorable = selecting | {s.name for s in declared(SurfaceEvaluation)}
+    for names, known in ((kind.settings, selecting), (kind.ignored_settings, ignorable)):
+        for name in names:
+            if name not in known:
+                raise UserError(f"{what} names the setting {name!r}, which is not a declared setting of the directions")

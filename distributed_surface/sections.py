@@ -1,0 +1,217 @@
+"""The settings, each declared once (:func:`~.settings.setting`), in sections per concern.
+
+``dsurf run`` (and ``dsurf sbatch``) takes :class:`Problem`, :class:`Directions`,
+:class:`SurfaceEvaluation` and :class:`Output`; ``dsurf hessian`` takes :class:`Problem`,
+:class:`Evaluation` (the part of the evaluation the spectrum reads), :class:`Output` and
+:class:`Spectrum` (:mod:`.config`). ``identity=True`` marks what decides a surface's values: a resumed
+run must agree with the file on it (the checkpoint is compared by the hash of θ0 it gives, not by its
+path; the files a kind of directions reads by their sha256, not their paths; where and how fast it
+runs, and where it writes, may change between runs; precision is identity: bf16 and tf32 change the
+values, see the error table in docs/performance.md). The choices come from :mod:`.core.options`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .core.options import (
+    BUILTIN_LOSS_NAMES, DATA_PLACEMENTS, DIR_TYPES, HESSIAN_PARAMS, IGNORE_RULES, MEASURES, NORMS, PRECISIONS,
+    RANK0_ROLES, VMAP_MODES,
+)  # fmt: skip
+from .core.errors import UserError
+from .settings import (
+    all_of, count, matching, number_above, number_between, positive, setting, switch_setting, text, within_64_bits,
+)  # fmt: skip
+
+EXAMPLE_MODEL = "distributed_surface.example:trained_digits_cnn"
+EXAMPLE_DATA = "distributed_surface.example:digits_train_data"
+DEFAULT_AXIS = "-1:1:25"
+
+
+def _loss_name(flag: str, value) -> None:
+    if ":" not in value and value not in BUILTIN_LOSS_NAMES:
+        raise UserError(f"{flag} {value!r}: unknown loss; use {', '.join(BUILTIN_LOSS_NAMES)} or an import string")
+
+
+def _regular_expression(flag: str, value) -> None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise UserError(f"{flag} {value!r} is not a regular expression: {exc}") from None
+
+
+def _two_probes(flag: str, value) -> None:
+    if value < 2:
+        raise UserError(f"{flag} must be at least 2 (its standard error needs two)")
+
+
+def _axis_from_toml(value):
+    """``x = [-1, 1, 51]`` as well as ``x = "-1:1:51"``."""
+    return ":".join(str(v) for v in value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is evaluated: the model at θ0, the data of each split, the loss."""
+
+    model: str = setting(
+        EXAMPLE_MODEL, metavar="IMPORT", identity=True, check=text(),
+        help="pkg.module:callable or path/file.py:callable returning an nn.Module",
+    )  # fmt: skip
+    checkpoint: str | None = setting(
+        metavar="PATH", check=text(), help="a state_dict, or a dict holding one under 'state_dict' or 'model'"
+    )
+    data: str = setting(
+        EXAMPLE_DATA, metavar="IMPORT", identity=True, check=text(),
+        help="callable returning a Dataset or an (inputs, targets) pair of tensors",
+    )  # fmt: skip
+    test_data: str | None = setting(
+        metavar="IMPORT", identity=True, check=text("import string"),
+        help="a test split, evaluated on the same weights at every point (test_loss, test_acc)",
+    )  # fmt: skip
+    loss: str = setting(
+        "cross_entropy", metavar="NAME", identity=True, check=all_of(text(), _loss_name),
+        help="cross_entropy (default; class labels, or token labels (B, T) for outputs (B, T, C), -100 ignored), "
+        "causal_lm (Hugging Face causal LM: shifted by one), mse, or an import string of loss(outputs, targets)",
+    )  # fmt: skip
+    max_samples: int | None = setting(type=int, identity=True, check=positive, help="evaluate only the first N samples")
+    max_test_samples: int | None = setting(
+        type=int, identity=True, check=positive, help="evaluate only the first N test samples"
+    )
+
+
+@dataclass(frozen=True)
+class Directions:
+    """Where the points lie: the directions (drawn, or of a kind its settings select: directions/) and
+    the grid of offsets along them (or ``--points``)."""
+
+    x: str = setting(
+        DEFAULT_AXIS, metavar="MIN:MAX:NUM", identity=True, from_toml=_axis_from_toml,
+        help="offsets along the first direction (default -1:1:25); auto[:NUM]: a span chosen for you (random "
+        "directions: out to where the loss has risen; checkpoints: their models and a margin)",
+    )  # fmt: skip
+    y: str | None = setting(
+        DEFAULT_AXIS, metavar="MIN:MAX:NUM", identity=True, from_toml=_axis_from_toml,
+        help="offsets along the second direction, or auto[:NUM]; leave out for a 1D curve",
+    )  # fmt: skip
+    norm: str = setting("filter", choices=NORMS, identity=True, help="direction normalisation: filter (default), layer, weight or none")
+    ignore: str = setting("biasbn", choices=IGNORE_RULES, identity=True, help="biasbn (default: 1-D parameters do not move) or none")
+    dir_type: str = setting(
+        "weights", choices=DIR_TYPES, identity=True,
+        help="weights (default) or states (adds buffers such as BatchNorm statistics)",
+    )  # fmt: skip
+    # The kinds' settings (directions/): none of them given, random normal directions. Their paths are
+    # not identity: the kind is, and the files' contents are (by sha256).
+    to: str | None = setting(metavar="B.pt", help="the line from θ0 (--checkpoint) to checkpoint B: d1 = θB − θ0, not normalised")
+    plane: tuple[str, str] | None = setting(
+        nargs=2, metavar=("B.pt", "C.pt"), help="the plane through θ0, B and C: d1 = θB − θ0, d2 = θC − θ0"
+    )
+    bend: str | None = setting(
+        metavar="M.pt", help="with --to B.pt: the quadratic Bézier curve from θ0 through M to B, against t (--x)"
+    )
+    trajectory: str | None = setting(
+        metavar="GLOB", help="checkpoints of a training run ('runs/epoch_*.pt'): their first two principal components"
+    )
+    directions: str | None = setting(
+        metavar="FILE|KIND",
+        help="the directions of a surface file, or a torch file of one or two {name: tensor} dicts; or the name "
+        "of a kind of directions (hessian: the Hessian's top eigenvectors)",
+    )  # fmt: skip
+    points: str | None = setting(
+        metavar="FILE.csv", check=text(), help="evaluate these offsets (one or two columns a row) instead of a grid"
+    )
+    params: str | None = setting(
+        metavar="REGEX", identity=True, check=all_of(text(), _regular_expression),
+        help="only parameters whose names match move (re.search); the rest stay at θ0",
+    )  # fmt: skip
+    auto_rise: float = setting(
+        5.0, type=float, metavar="FACTOR", check=number_above(1),
+        help="with --x auto / --y auto on random directions: out until the loss is FACTOR times θ0's (default 5)",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How the values are computed, as far as both commands read it: the device, the batches, where the
+    data is kept, and the Hessian (``--measure hessian``, ``--directions hessian``, ``dsurf hessian``)."""
+
+    device: str = setting("auto", check=matching(r"^(auto|cpu|cuda(:\d+)?)$", "auto, cpu or cuda"), help="auto (default), cpu, cuda or cuda:N")
+    batch_size: int | None = setting(
+        type=int, check=positive, help="samples per forward pass (default: from the free device memory)"
+    )  # None: from the free device memory
+    data_placement: str = setting(
+        "auto", choices=DATA_PLACEMENTS, metavar="auto|device|host|stream",
+        help="where the data is kept: on the device, in host memory (batches copied to the device), or read from "
+        "its Dataset on every pass (stream); default auto: the first of these it fits in",
+    )  # fmt: skip
+    workers: int = setting(
+        0, type=int, metavar="N", check=count(0), help="with streamed data: DataLoader processes that read it (default 0)"
+    )
+    # The seed of every random draw: the random directions, and the Hessian solvers' starting vectors and
+    # probes; here, not with the directions, because dsurf hessian draws with it too.
+    seed: int = setting(
+        0, type=int, identity=True, check=within_64_bits,
+        help="seed of the random directions and of the Hessian's random vectors (default 0)",
+    )  # fmt: skip
+    hessian_samples: int | None = setting(
+        type=int, metavar="N", identity=True, check=count(1), help="the Hessian over the first N train samples (default all)"
+    )
+    hessian_params: str = setting(
+        "weights", choices=HESSIAN_PARAMS, parser_choices=True, identity=True,
+        help="the Hessian over the parameters with more than one dimension (weights, default) or all",
+    )  # fmt: skip
+    hessian_tol: float = setting(
+        1e-3, type=float, metavar="TOL", check=number_between(0, 1),
+        help="relative accuracy of each eigenvalue (default 1e-3)",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SurfaceEvaluation(Evaluation):
+    """The evaluation of a surface's points: ``dsurf run``'s settings of it beyond :class:`Evaluation`."""
+
+    chunk_size: int | None = setting(type=int, check=positive, help="grid points per unit of work (default: automatic)")
+    points_per_pass: int | None = setting(
+        type=int, check=positive, help="grid points evaluated in one pass over the data with vmap (default: what fits, at most 64)"
+    )
+    vmap: str = setting(
+        "auto", choices=VMAP_MODES,
+        help="auto (default: vmap where one point's pass is overhead-bound), tune (time both, keep the faster), on or off",
+    )  # fmt: skip
+    precision: str = setting(
+        "fp32", choices=PRECISIONS, identity=True,
+        help="fp32 (default, exact), tf32 (GPU TF32 matmuls/convolutions) or bf16 (bfloat16 autocast)",
+    )  # fmt: skip
+    compile: bool = switch_setting(False, help="torch.compile the forward pass (default off)")
+    channels_last: bool | str = switch_setting(
+        "auto", auto=True, help="channels-last memory format for 4-D inputs (default auto: on a CPU, off on a GPU)"
+    )
+    rank0: str = setting(
+        "work", choices=RANK0_ROLES, parser_choices=True,
+        help="under MPI: rank 0 also evaluates (work, default) or only coordinates",
+    )  # fmt: skip
+    measure: str = setting(
+        "loss", choices=MEASURES, parser_choices=True, identity=True,
+        help="what each point measures: loss (default: loss and accuracy), or hessian (also the Hessian's extreme eigenvalues)",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where the result is written."""
+
+    out: str = setting("surface.h5", metavar="PATH", check=text(), help="surface file to write (default surface.h5)")
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """``dsurf hessian``: how the spectrum at θ0 is summarised."""
+
+    top_k: int = setting(5, type=int, metavar="K", check=count(1), help="eigenpairs at the top of the spectrum (default 5)")
+    trace_probes: int = setting(
+        64, type=int, metavar="N", check=all_of(count(1), _two_probes),
+        help="Hutchinson's probe vectors for the trace (default 64)",
+    )  # fmt: skip
+    density_probes: int = setting(4, type=int, metavar="N", check=count(1), help="random vectors of the density (default 4)")
+    lanczos_steps: int = setting(60, type=int, metavar="N", check=count(1), help="Lanczos steps of each (default 60)")
