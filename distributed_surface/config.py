@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import settings
+from . import hf, settings, text
 from .core.grid import Axis, Grid
 from .core.measurements import TEST, TRAIN
 from .directions import registry
@@ -63,14 +63,19 @@ class Config:
 
     @classmethod
     def _implied(cls, given: dict) -> dict:
-        """The settings given, with those that they imply where not given."""
-        return given
+        """The settings given, with those that they imply where not given: a model folder's task, loss
+        and block length (:func:`.hf.implied`, :func:`.text.implied`)."""
+        return text.implied(hf.implied(given))
 
     def validate(self) -> None:
         """Raise :class:`UserError` for the first bad setting."""
         settings.check_values(self)
         if self.problem.max_test_samples is not None and self.problem.test_data is None:
             raise UserError("--max-test-samples needs --test-data")
+        for name in ("hf_task", "trust_remote_code"):
+            if self.problem.model is not None and not hf.is_folder_spec(self.problem.model) and self.value(name):
+                raise UserError(f"--{name.replace('_', '-')} needs --model hf:DIR (a model folder)")
+        text.check_settings(self.problem)
 
     def value(self, name: str):
         """A setting's value by its name."""
@@ -130,7 +135,7 @@ class RunConfig(Config):
     def _implied(cls, given: dict) -> dict:
         """``--x`` without ``--y`` asks for a 1D curve; a kind of directions implies its spans and its
         ``--dir-type`` where they are not given."""
-        given = dict(given)
+        given = dict(super()._implied(given))
         # The defaults of the kind the settings select (the first, where two are: validate refuses that)
         chosen = registry.selected_kinds(cls.from_values(given))
         kind = chosen[0] if chosen else registry.find(registry.DEFAULT)

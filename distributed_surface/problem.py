@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import sys
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from .core.samples import Samples, call_model, tensors_sha256, to_device
 from .core.stream import SamplesDataset, StreamedSamples
 from .core.errors import UserError, first_line
 from .engine.runtime import ranks_on_node
+from . import hf, text
 
 # --data-placement auto streams a Dataset larger than this share of the available host memory.
 HOST_DATA_FRACTION = 0.5
@@ -34,31 +36,51 @@ STREAM_CHECK_ITEMS = 4
 
 @dataclass
 class Problem:
-    """A model holding θ0, the data of each split (train, and test where given), and the loss."""
+    """A model holding θ0, the data of each split (train, and test where given), and the loss;
+    ``weights_files``: a model folder's safetensors files, by name, with their sha256."""
 
     model: nn.Module
     splits: dict[str, Samples | StreamedSamples]
     loss: Loss
+    weights_files: dict[str, str] = field(default_factory=dict)
 
 
 def load_problem(config) -> Problem:
     """Build the model (with its checkpoint), the data of each split and the loss from ``config`` (a
     :class:`~.config.RunConfig` or :class:`~.config.HessianConfig`: their ``problem`` section, and where
     the data is kept, from their ``evaluation``)."""
-    model = build_model(config.problem.model)
-    if config.problem.checkpoint is not None:
-        load_checkpoint(model, config.problem.checkpoint)
+    section = config.problem
+    weights: dict[str, str] = {}
+    if hf.is_folder_spec(section.model):
+        model, weights = hf.load_model(section.model, section.hf_task, section.trust_remote_code)
+    else:
+        model = build_model(section.model)
+    if section.checkpoint is not None:
+        load_checkpoint(model, section.checkpoint)
     how = {"placement": config.evaluation.data_placement, "workers": config.evaluation.workers}
-    splits = {TRAIN: load_data(config.problem.data, config.problem.max_samples, "--data", **how)}
-    if config.problem.test_data is not None:
-        splits[TEST] = load_data(config.problem.test_data, config.problem.max_test_samples, "--test-data", **how)
-    return Problem(model=model, splits=splits, loss=resolve_loss(config.problem.loss))
+    if text.is_corpus_spec(section.data) or text.is_corpus_spec(section.test_data):
+        how["reading"] = _reading(section, model)
+    splits = {TRAIN: load_data(section.data, section.max_samples, "--data", **how)}
+    if section.test_data is not None:
+        splits[TEST] = load_data(section.test_data, section.max_test_samples, "--test-data", **how)
+    return Problem(model=model, splits=splits, loss=resolve_loss(section.loss), weights_files=weights)
+
+
+def _reading(section, model: nn.Module) -> text.Reading:
+    """How the ``text:`` corpora become blocks for ``model``: the tokenizer (default: the model folder's)
+    and the settings; no token may reach past the model's input embedding."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocabulary = getattr(embedding, "num_embeddings", None)
+    tokenizer = section.tokenizer or str(hf.folder_of(section.model))
+    return text.Reading(tokenizer, section.seq_len, section.text_field, section.cache_dir, vocabulary)
 
 
 def fingerprint(problem: Problem) -> dict[str, object]:
     """Content hashes of θ0 and of each split's data, and the sample counts: a resumed run must match
     them. The train split's are ``data_sha256`` and ``num_samples``; another split's carry its name."""
     prints: dict[str, object] = {"theta0_sha256": tensors_sha256(problem.model.state_dict().items())}
+    if problem.weights_files:  # a model folder's files, as read: {name: sha256}, in JSON
+        prints["weights_sha256"] = json.dumps(problem.weights_files, sort_keys=True)
     for split, samples in problem.splits.items():
         prefix = "" if split == TRAIN else f"{split}_"
         prints[f"{prefix}data_sha256"] = samples.content_sha256()
@@ -70,6 +92,8 @@ def fingerprint_what(key: str) -> str:
     """What a fingerprint key stands for, in words: ``test_data_sha256`` -> "the test data"."""
     if key == "theta0_sha256":
         return "the model's weights (θ0)"
+    if key == "weights_sha256":
+        return "the model folder's weights files"
     split = key.rpartition("data_sha256")[0] or key.rpartition("num_samples")[0]
     split = split.rstrip("_")
     if key.endswith("num_samples"):
@@ -190,7 +214,8 @@ def _first(names: list[str], count: int = 3) -> str:
 
 
 def load_data(
-    spec: str, max_samples: int | None, flag: str = "--data", *, placement: str = "auto", workers: int = 0
+    spec: str, max_samples: int | None, flag: str = "--data", *, placement: str = "auto", workers: int = 0,
+    reading: text.Reading | None = None,
 ) -> Samples | StreamedSamples:
     """Call the data factory and return its first ``max_samples`` samples. It may return a ``Dataset``
     whose items are ``(input, target)`` pairs or dicts of tensors (the Hugging Face convention:
@@ -199,8 +224,14 @@ def load_data(
 
     ``placement`` ``stream`` (or ``auto``, for a Dataset too large for host memory: see
     :func:`streams`) returns :class:`StreamedSamples`, read with ``workers`` loader processes on every
-    pass; otherwise the samples are read into memory now."""
-    data = _call(spec, flag)
+    pass; otherwise the samples are read into memory now. A ``text:PATH`` corpus is read as ``reading``
+    says (:mod:`.text`)."""
+    if text.is_corpus_spec(spec):
+        if reading is None:
+            raise UserError(f"{flag} {spec!r}: a text corpus needs a tokenizer and a block length (--tokenizer, --seq-len)")
+        data = text.load_blocks(spec, reading, flag)
+    else:
+        data = _call(spec, flag)
     if isinstance(data, Dataset) and placement in ("auto", "stream"):
         dataset = _sized(data, spec, flag, max_samples)
         if placement == "stream" or streams(dataset, spec, flag):

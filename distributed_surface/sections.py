@@ -20,6 +20,7 @@ from .core.options import (
     RANK0_ROLES, VMAP_MODES,
 )  # fmt: skip
 from .core.errors import UserError
+from .hf import HF_TASKS
 from .settings import (
     all_of, count, matching, number_above, number_between, positive, setting, switch_setting, text, within_64_bits,
 )  # fmt: skip
@@ -46,6 +47,11 @@ def _two_probes(flag: str, value) -> None:
         raise UserError(f"{flag} must be at least 2 (its standard error needs two)")
 
 
+def _two_tokens(flag: str, value) -> None:
+    if value < 2:
+        raise UserError(f"{flag} must be at least 2 (each token predicts the next)")
+
+
 def _axis_from_toml(value):
     """``x = [-1, 1, 51]`` as well as ``x = "-1:1:51"``."""
     return ":".join(str(v) for v in value) if isinstance(value, list) else value
@@ -56,18 +62,20 @@ class Problem:
     """What is evaluated: the model at θ0, the data of each split, the loss."""
 
     model: str = setting(
-        EXAMPLE_MODEL, metavar="IMPORT", identity=True, check=text(),
-        help="pkg.module:callable or path/file.py:callable returning an nn.Module",
+        EXAMPLE_MODEL, metavar="IMPORT|hf:DIR", identity=True, check=text(),
+        help="pkg.module:callable or path/file.py:callable returning an nn.Module, or hf:DIR, a model folder "
+        "saved by transformers' save_pretrained (loaded offline, in fp32)",
     )  # fmt: skip
     checkpoint: str | None = setting(
         metavar="PATH", check=text(), help="a state_dict, or a dict holding one under 'state_dict' or 'model'"
     )
     data: str = setting(
-        EXAMPLE_DATA, metavar="IMPORT", identity=True, check=text(),
-        help="callable returning a Dataset or an (inputs, targets) pair of tensors",
+        EXAMPLE_DATA, metavar="IMPORT|text:PATH", identity=True, check=text(),
+        help="callable returning a Dataset or an (inputs, targets) pair of tensors, or text:PATH, a .txt or "
+        ".jsonl corpus (or a folder of them) cut into blocks of tokens for a causal LM",
     )  # fmt: skip
     test_data: str | None = setting(
-        metavar="IMPORT", identity=True, check=text("import string"),
+        metavar="IMPORT|text:PATH", identity=True, check=text("import string"),
         help="a test split, evaluated on the same weights at every point (test_loss, test_acc)",
     )  # fmt: skip
     loss: str = setting(
@@ -78,6 +86,30 @@ class Problem:
     max_samples: int | None = setting(type=int, identity=True, check=positive, help="evaluate only the first N samples")
     max_test_samples: int | None = setting(
         type=int, identity=True, check=positive, help="evaluate only the first N test samples"
+    )
+    # Model folders (--model hf:DIR, hf.py). The task decides the model built on the weights: identity;
+    # trusting a folder's code is a permission, not a value (the weights' sha256 is in the fingerprint).
+    hf_task: str | None = setting(
+        choices=tuple(HF_TASKS), metavar="|".join(HF_TASKS), identity=True,
+        help="with --model hf:DIR: the model's task (default: from its config.json's architectures)",
+    )  # fmt: skip
+    trust_remote_code: bool = switch_setting(
+        False, help="with --model hf:DIR: run code shipped inside the model folder (its config's auto_map; default off)"
+    )
+    # Text corpora (--data text:PATH, text.py). The tokenizer's folder is not identity, its content is:
+    # it decides the blocks, whose sha256 is in the fingerprint; the cache's folder decides nothing.
+    tokenizer: str | None = setting(
+        metavar="DIR", check=text(), help="with --data text:PATH: the tokenizer's folder (default: the hf: model folder's)"
+    )
+    text_field: str = setting(
+        "text", metavar="NAME", identity=True, check=text(), help="with a .jsonl corpus: each line's field of text (default text)"
+    )
+    seq_len: int | None = setting(
+        type=int, metavar="N", identity=True, check=all_of(positive, _two_tokens),
+        help="with --data text:PATH: tokens a block (default: the model's maximum positions, at most 1024)",
+    )  # fmt: skip
+    cache_dir: str | None = setting(
+        metavar="DIR", check=text(), help="with --data text:PATH: where the tokenised blocks are cached (default: beside the corpus)"
     )
 
 

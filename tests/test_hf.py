@@ -1,0 +1,332 @@
+"""Language models from disk: ``--model hf:DIR`` (a folder saved by ``save_pretrained``) and ``--data
+text:PATH`` (a corpus cut into blocks of tokens), with no network. A tiny Llama and a tiny GPT-2 (its
+weights sharded) are built from small configs once per session, with a byte-level BPE tokenizer
+trained here on a text written here, saved beside them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distributed_surface import text
+from distributed_surface.storage import read_surface
+from helpers import assert_one_line_error
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+EOS = "<|endoftext|>"
+SENTENCES = [
+    "the landscape of a loss is a surface over the weights",
+    "a small model walks down the valley of its loss",
+    "filter normalised directions make two models comparable",
+    "sharp minima and flat minima look different from above",
+    "the quick brown fox jumps over the lazy dog again and again",
+    "every rank evaluates its chunk of the grid and writes it once",
+]
+CORPUS = "\n".join(f"{s} ({i})." for i in range(40) for s in SENTENCES[i % 3 :: 2])  # a few KB
+POSITIONS = 64
+GRID = ["--x", "-1:1:3", "--no-plot", "--no-progress"]
+
+
+def _train_tokenizer(vocab_size: int = 300):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
+
+
+def _llama(vocab_size: int, **changes):
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    config = transformers.LlamaConfig(vocab_size=vocab_size, max_position_embeddings=POSITIONS, **{**sizes, **changes})
+    return transformers.LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def lm(tmp_path_factory):
+    """Model folders (``llama``; ``gpt2`` with sharded weights; ``small_vocab``: a Llama whose embedding
+    is smaller than the tokenizer's vocabulary) and the corpus, in one session folder."""
+    root = tmp_path_factory.mktemp("lm")
+    tokenizer = _train_tokenizer()
+    folders = {}
+    folders["llama"] = root / "llama"
+    _llama(len(tokenizer) + 20).save_pretrained(folders["llama"])
+    torch.manual_seed(1)
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            vocab_size=len(tokenizer) + 20, n_embd=32, n_layer=2, n_head=4, n_positions=POSITIONS,
+            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    folders["gpt2"] = root / "gpt2"
+    gpt2.save_pretrained(folders["gpt2"], max_shard_size="30KB")
+    folders["small_vocab"] = root / "small_vocab"
+    _llama(len(tokenizer) - 40).save_pretrained(folders["small_vocab"])
+    for folder in folders.values():
+        tokenizer.save_pretrained(folder)
+    (root / "corpus.txt").write_text(CORPUS)
+    return {"root": root, "tokenizer": tokenizer, **folders}
+
+
+def blocks_of(tokenizer, documents, seq_len=POSITIONS) -> torch.Tensor:
+    """The blocks, cut independently: documents joined with eos, the partial block dropped."""
+    ids = []
+    for document in documents:
+        if ids:
+            ids.append(tokenizer.eos_token_id)
+        ids += tokenizer(document, add_special_tokens=False)["input_ids"]
+    count = len(ids) // seq_len
+    return torch.tensor(ids[: count * seq_len]).reshape(count, seq_len)
+
+
+def transformers_loss(folder, blocks) -> float:
+    """``transformers``' own ``model(**batch).loss`` in float64, averaged over the blocks weighted by
+    their counted tokens (every block counts seq_len - 1)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).double().eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in blocks.split(8):
+            count = batch.shape[0] * (batch.shape[1] - 1)
+            total += float(model(input_ids=batch, labels=batch).loss) * count
+            tokens += count
+    return total / tokens
+
+
+def float64_loss(folder, blocks) -> float:
+    """The token cross-entropy from the model's float64 logits, shifted by one, by hand."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).double().eval()
+    with torch.no_grad():
+        logits = model(input_ids=blocks).logits
+    return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), blocks[:, 1:].flatten(), reduction="mean"))
+
+
+def theta0_loss(path) -> float:
+    surface = read_surface(str(path))
+    return float(surface.metrics["train_loss"][1])  # --x -1:1:3: θ0 is the centre
+
+
+def snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- the value at θ0 is transformers' own loss
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_theta0_equals_transformers_loss(lm, name, dsurf, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    rc, out, err = dsurf("run", "--model", f"hf:{lm[name]}", "--data", f"text:{corpus}", *GRID, "--out", "s.h5")
+    assert rc == 0, err
+    assert "from cache" not in err
+    blocks = blocks_of(lm["tokenizer"], [CORPUS])
+    value = theta0_loss(tmp_path / "s.h5")
+    own, by_hand = transformers_loss(lm[name], blocks), float64_loss(lm[name], blocks)
+    print(f"{name}: θ0 {value!r}, transformers {own!r} (abs {abs(value - own):.2e}, rel {abs(value - own) / own:.2e}), "
+          f"float64 logits {by_hand!r}")  # fmt: skip
+    assert value == pytest.approx(own, rel=1e-6, abs=1e-7)
+    assert value == pytest.approx(by_hand, rel=1e-6, abs=1e-7)
+    surface = read_surface(str(tmp_path / "s.h5"))
+    assert surface.config["hf_task"] == "causal-lm"  # from architectures
+    assert surface.config["loss"] == "causal_lm"  # a causal LM's default
+    assert surface.config["seq_len"] == POSITIONS  # the model's maximum positions
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f.attrs["num_samples"] == len(blocks)
+    # The second run reads the blocks from the cache, and gives the same value.
+    rc, out, err = dsurf("run", "--model", f"hf:{lm[name]}", "--data", f"text:{corpus}", *GRID, "--out", "again.h5")
+    assert rc == 0, err
+    assert "dsurf: text blocks from cache" in err
+    assert theta0_loss(tmp_path / "again.h5") == value
+
+
+def test_weights_files_are_in_the_fingerprint(lm, dsurf, tmp_path):
+    """The sharded GPT-2 loads; every shard's sha256 is recorded."""
+    assert (lm["gpt2"] / "model.safetensors.index.json").is_file()
+    shards = sorted(p.name for p in lm["gpt2"].glob("*.safetensors"))
+    assert len(shards) > 1
+    rc, out, err = dsurf("run", "--model", f"hf:{lm['gpt2']}", "--data", f"text:{lm['root'] / 'corpus.txt'}",
+                         "--seq-len", "32", "--cache-dir", "cache", *GRID, "--out", "s.h5")  # fmt: skip
+    assert rc == 0, err
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        recorded = json.loads(f.attrs["weights_sha256"])
+    assert sorted(recorded) == shards
+    assert recorded[shards[0]] == __import__("hashlib").sha256((lm["gpt2"] / shards[0]).read_bytes()).hexdigest()
+    assert list((tmp_path / "cache").glob("corpus.txt.dsurf-blocks-*.npy"))  # cached where --cache-dir says
+
+
+# ---------------------------------------------------------------- corpora: .jsonl and folders
+
+
+def test_jsonl_and_folder_give_their_blocks(lm, tmp_path):
+    tokenizer = lm["tokenizer"]
+    docs = CORPUS.splitlines()
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"body": d, "n": i}) for i, d in enumerate(docs)) + "\n\n")
+    reading = text.Reading(str(lm["llama"]), 16, "body")
+    blocks = text.load_blocks(f"text:{tmp_path / 'c.jsonl'}", reading)
+    assert torch.equal(blocks["input_ids"], blocks_of(tokenizer, docs, 16))
+    assert torch.equal(blocks["labels"], blocks["input_ids"])
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "b.txt").write_text(docs[1])
+    (folder / "a.jsonl").write_text(json.dumps({"text": docs[0]}) + "\n" + json.dumps({"text": docs[2]}) + "\n")
+    (folder / "sub" / "c.txt").write_text(docs[3])
+    (folder / "notes.md").write_text("not read")
+    got = text.load_blocks(f"text:{folder}", text.Reading(str(lm["llama"]), 4))
+    assert torch.equal(got["input_ids"], blocks_of(tokenizer, [docs[0], docs[2], docs[1], docs[3]], 4))
+
+
+def test_unwritable_cache_tokenises_in_memory(lm, dsurf, tmp_path):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    (tmp_path / "a_file").write_text("")
+    args = ["run", "--model", f"hf:{lm['llama']}", "--data", "text:corpus.txt", "--seq-len", "32", *GRID]
+    rc, out, err = dsurf(*args, "--cache-dir", "a_file/cache", "--out", "s.h5")
+    assert rc == 0, err
+    assert "warning: the text blocks cannot be cached" in err and "from cache" not in err
+    rc, out, err = dsurf(*args, "--cache-dir", "a_file/cache", "--out", "t.h5")
+    assert rc == 0 and "from cache" not in err
+
+
+# ---------------------------------------------------------------- bad input: one line, no file changed
+
+
+def _broken(lm, tmp_path, change) -> str:
+    folder = tmp_path / "model"
+    shutil.copytree(lm["llama"], folder)
+    change(folder)
+    return f"hf:{folder}"
+
+
+def _edit_config(**changes):
+    def change(folder):
+        config = json.loads((folder / "config.json").read_text())
+        config.update(changes)
+        (folder / "config.json").write_text(json.dumps(config))
+
+    return change
+
+
+def _drop_weight(folder):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    state.pop(sorted(k for k in state if "mlp" in k)[0])
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _wrong_shape(folder):
+    _llama(340, intermediate_size=48).save_pretrained(folder / "other")
+    shutil.move(folder / "other" / "model.safetensors", folder / "model.safetensors")
+    shutil.rmtree(folder / "other")
+
+
+BAD_MODELS = {
+    "missing": (lambda lm, tmp: "hf:no/such/folder", ["no such folder", "nothing is downloaded"]),
+    "no_config": (lambda lm, tmp: _broken(lm, tmp, lambda f: (f / "config.json").unlink()), ["no config.json"]),
+    "unknown_type": (lambda lm, tmp: _broken(lm, tmp, _edit_config(model_type="nosuchmodel")), ["nosuchmodel"]),
+    "no_architectures": (lambda lm, tmp: _broken(lm, tmp, _edit_config(architectures=None)), ["--hf-task"]),
+    "no_weights": (lambda lm, tmp: _broken(lm, tmp, lambda f: (f / "model.safetensors").unlink()), ["no safetensors"]),
+    "missing_weight": (lambda lm, tmp: _broken(lm, tmp, _drop_weight), ["missing", "mlp"]),
+    "wrong_shape": (lambda lm, tmp: _broken(lm, tmp, _wrong_shape), ["shape"]),
+    "remote_code": (
+        lambda lm, tmp: _broken(lm, tmp, _edit_config(auto_map={"AutoModelForCausalLM": "x.Model"})), ["--trust-remote-code"]
+    ),
+    "vocabulary": (lambda lm, tmp: f"hf:{lm['small_vocab']}", ["vocabulary", "larger than the model's embedding"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODELS))
+def test_bad_model_folder(case, lm, dsurf, tmp_path):
+    make, needles = BAD_MODELS[case]
+    model = make(lm, tmp_path)
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    before = snapshot(tmp_path)
+    rc, out, err = dsurf("run", "--model", model, "--data", "text:corpus.txt", "--seq-len", "32", *GRID, "--out", "bad.h5")
+    assert_one_line_error(rc, out, err, *needles)
+    assert snapshot(tmp_path) == before
+
+
+BAD_DATA = {
+    "empty": ("text:c.txt", {"c.txt": ""}, [], ["holds no text"]),
+    "short": ("text:c.txt", {"c.txt": "too short"}, [], ["shorter than one block"]),
+    "no_files": ("text:d", {"d/notes.md": "x"}, [], ["no .txt or .jsonl"]),
+    "not_json": ("text:c.jsonl", {"c.jsonl": '{"text": "a"}\n{oops\n'}, [], ["line 2", "not JSON"]),
+    "no_field": ("text:c.jsonl", {"c.jsonl": '{"text": "a"}\n\n{"body": "b"}\n'}, [], ["line 3", "'text'"]),
+    "seq_len": ("text:c.txt", {"c.txt": CORPUS}, ["--seq-len", "100"], ["maximum positions (64)"]),
+    "task": ("text:c.txt", {"c.txt": CORPUS}, ["--hf-task", "sequence-classification"], ["causal language models"]),
+    "missing": ("text:nothing.txt", {}, [], ["no such file"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_corpus(case, lm, dsurf, tmp_path):
+    data, files, flags, needles = BAD_DATA[case]
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(content)
+    before = snapshot(tmp_path)
+    rc, out, err = dsurf("run", "--model", f"hf:{lm['llama']}", "--data", data, *flags, *GRID, "--out", "bad.h5")
+    assert_one_line_error(rc, out, err, *needles)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "flags,needles",
+    [
+        (["--seq-len", "8"], ["--seq-len needs --data text:"]),
+        (["--hf-task", "causal-lm"], ["--hf-task needs --model hf:"]),
+    ],
+)
+def test_text_flags_need_their_data(flags, needles, tiny, dsurf):
+    rc, out, err = dsurf("run", "--model", tiny.spec("model"), "--data", tiny.spec("data"), *flags, *GRID)
+    assert_one_line_error(rc, out, err, *needles)
+
+
+def test_plain_run_does_not_import_transformers(tiny):
+    code = (
+        "import sys; from distributed_surface import cli\n"
+        f"rc = cli.main(['run', '--model', {tiny.spec('model')!r}, '--data', {tiny.spec('data')!r}, '--x', '-1:1:2', "
+        f"'--no-plot', '--no-progress', '--out', {str(tiny.path.parent / 'plain.h5')!r}])\n"
+        "assert rc == 0, rc\nassert 'transformers' not in sys.modules and 'tokenizers' not in sys.modules\n"
+    )  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------- under MPI
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun is not installed")
+def test_mpirun_equals_serial(lm, tmp_path):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONPATH=os.pathsep.join(sys.path))
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    args = [sys.executable, "-m", "distributed_surface", "run", "--model", f"hf:{lm['llama']}", "--data", "text:corpus.txt",
+            "--x", "-1:1:5", "--chunk-size", "1", "--no-plot", "--no-progress"]  # fmt: skip
+    serial = subprocess.run([*args, "--out", "serial.h5"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert serial.returncode == 0, serial.stderr
+    mpi = subprocess.run(["mpirun", "--oversubscribe", "-np", "2", *args, "--out", "mpi.h5"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert mpi.returncode == 0, mpi.stderr
+    assert mpi.stderr.count("text blocks from cache") == 2  # both ranks read the blocks the serial run cached
+    a, b = read_surface(str(tmp_path / "serial.h5")), read_surface(str(tmp_path / "mpi.h5"))
+    np.testing.assert_allclose(b.metrics["train_loss"], a.metrics["train_loss"], rtol=1e-7)
+    assert set(b.timings["rank"]) == {0, 1}
+    blocks = blocks_of(lm["tokenizer"], [CORPUS])
+    assert b.metrics["train_loss"][2] == pytest.approx(transformers_loss(lm["llama"], blocks), rel=1e-6)
