@@ -138,8 +138,6 @@ def test_theta0_equals_transformers_loss(lm, name, dsurf, tmp_path):
     blocks = blocks_of(lm["tokenizer"], [CORPUS])
     value = theta0_loss(tmp_path / "s.h5")
     own, by_hand = transformers_loss(lm[name], blocks), float64_loss(lm[name], blocks)
-    print(f"{name}: θ0 {value!r}, transformers {own!r} (abs {abs(value - own):.2e}, rel {abs(value - own) / own:.2e}), "
-          f"float64 logits {by_hand!r}")  # fmt: skip
     assert value == pytest.approx(own, rel=1e-6, abs=1e-7)
     assert value == pytest.approx(by_hand, rel=1e-6, abs=1e-7)
     surface = read_surface(str(tmp_path / "s.h5"))
