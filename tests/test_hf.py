@@ -168,6 +168,20 @@ def test_weights_files_are_in_the_fingerprint(lm, dsurf, tmp_path):
     assert list((tmp_path / "cache").glob("corpus.txt.dsurf-blocks-*.npy"))  # cached where --cache-dir says
 
 
+def test_test_split_from_a_jsonl_corpus(lm, dsurf, tmp_path):
+    """--test-data text:PATH: a test split of blocks, whose value at θ0 is transformers' loss over them."""
+    docs = SENTENCES * 8
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    (tmp_path / "held_out.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    rc, out, err = dsurf("run", "--model", f"hf:{lm['llama']}", "--data", "text:corpus.txt", "--test-data",
+                         "text:held_out.jsonl", "--seq-len", "16", *GRID, "--out", "s.h5")  # fmt: skip
+    assert rc == 0, err
+    test_loss = float(read_surface(str(tmp_path / "s.h5")).metrics["test_loss"][1])
+    blocks = blocks_of(lm["tokenizer"], docs, 16)
+    assert test_loss == pytest.approx(transformers_loss(lm["llama"], blocks), rel=1e-6)
+    assert list(tmp_path.glob("held_out.jsonl.dsurf-blocks-*.npy"))  # cached beside the corpus
+
+
 # ---------------------------------------------------------------- corpora: .jsonl and folders
 
 
