@@ -29,9 +29,13 @@ from .storage.atomic import publish, remove, temporary_path
 PREFIX = "text:"
 SUFFIXES = (".txt", ".jsonl")
 # Raised when the blocks' layout changes, so that no older cache is read as a newer one.
-CACHE_VERSION = 1
-# The files of a tokenizer folder that are not the tokenizer's (a model folder's weights and config).
-_NOT_TOKENIZER = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".index.json", "config.json", ".npy")
+# (2: the tokenizer's own tokenizer_config.json enters the key; version 1 left it out.)
+CACHE_VERSION = 2
+# The files of a tokenizer folder that are not the tokenizer's: a model folder's weights (by suffix) and
+# its configs (by exact name: tokenizer_config.json, which holds e.g. the end-of-text token, IS the
+# tokenizer's).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".index.json", ".npy")
+_MODEL_CONFIGS = {"config.json", "generation_config.json"}
 
 
 def is_corpus_spec(spec) -> bool:
@@ -107,7 +111,8 @@ def corpus_files(spec: str, flag: str) -> tuple[Path, list[Path]]:
 
 
 def _tokenizer_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.endswith(_NOT_TOKENIZER))
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.name not in _MODEL_CONFIGS and not p.name.endswith(_WEIGHT_SUFFIXES))
 
 
 def cache_key(root: Path, files: list[Path], tokenizer: Path, reading: Reading) -> str:

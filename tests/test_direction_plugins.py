@@ -172,6 +172,18 @@ def test_files_without_the_recorded_labels_plot_and_describe(tiny, dsurf, run_ar
     assert "barrier curve 0" in figure.axes[0].get_title()
 
 
+def test_old_random_files_are_described_from_what_they_recorded(surface_2d, dsurf):
+    """A random-direction file of the previous version has no description, but its norm, ignore rule and
+    seed: dsurf info says them."""
+    with h5py.File(surface_2d, "r+") as f:
+        for group in (f["directions"], *f["directions"].values()):
+            if "description" in group.attrs:
+                del group.attrs["description"]
+    rc, out, err = dsurf("info", surface_2d.name)
+    assert rc == 0, err
+    assert "directions: random_normal (filter-normalised directions, ignore biasbn, seed 0)" in out
+
+
 def frame_of(tiny, **settings):
     config = RunConfig.build(model=tiny.spec("model"), data=tiny.spec("data"), **settings)
     return make_frame(config, load_problem(config))

@@ -203,6 +203,24 @@ def test_jsonl_and_folder_give_their_blocks(lm, tmp_path):
     assert torch.equal(got["input_ids"], blocks_of(tokenizer, [docs[0], docs[2], docs[1], docs[3]], 4))
 
 
+def test_cache_key_follows_the_tokenizer_config_not_the_model_config(lm, tmp_path):
+    """tokenizer_config.json (the end-of-text token, ...) is the tokenizer's: a change to it is another
+    key; the model's own config.json and weights are not the tokenizer's."""
+    folder = tmp_path / "model"
+    shutil.copytree(lm["llama"], folder)
+    (tmp_path / "c.txt").write_text(CORPUS)
+    root, files = text.corpus_files(f"text:{tmp_path / 'c.txt'}", "--data")
+    reading = text.Reading(str(folder), 16)
+    key = text.cache_key(root, files, folder, reading)
+    config = folder / "config.json"
+    config.write_text(config.read_text() + " ")
+    assert text.cache_key(root, files, folder, reading) == key
+    tokenizer_config = folder / "tokenizer_config.json"
+    assert tokenizer_config.is_file()
+    tokenizer_config.write_text(tokenizer_config.read_text() + " ")
+    assert text.cache_key(root, files, folder, reading) != key
+
+
 def test_unwritable_cache_tokenises_in_memory(lm, dsurf, tmp_path):
     (tmp_path / "corpus.txt").write_text(CORPUS)
     (tmp_path / "a_file").write_text("")

@@ -78,6 +78,10 @@ def read_frame(f: h5py.File) -> dict:
         attrs.update({key: plain(value) for key, value in f["directions"]["x"].attrs.items()})
     for key in ("sources", "markers"):
         attrs[key] = json.loads(attrs[key]) if isinstance(attrs.get(key), str) else []
+    if "description" not in attrs and "norm" in attrs:
+        # Files written before the kinds recorded a description: say what their drawn directions
+        # recorded (the norm, the ignore rule and the seed), as their kind would now.
+        attrs["description"] = f"{attrs['norm']}-normalised directions, ignore {attrs.get('ignore')}, seed {attrs.get('seed')}"
     return attrs
 
 
