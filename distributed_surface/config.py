@@ -267,4 +267,11 @@ def load_toml(path: str, config: type[Config] = RunConfig) -> dict:
         raise UserError(f"config file {path!r} is not a text (UTF-8) file: TOML expected") from None
     except OSError as exc:
         raise UserError(f"config file {path!r} cannot be read: {exc.strerror or exc}") from None
+    mine = settings.settings_of(config)
+    for key in data:  # one file shared by dsurf run and dsurf hessian: say whose setting it is
+        name = key.replace("-", "_")
+        takers = [command for command, other in CONFIGS.items() if name not in mine and name in settings.settings_of(other)]
+        if takers:
+            raise UserError(f"config file {path!r}: unknown setting {name!r} (a setting of dsurf {', dsurf '.join(takers)}, "
+                            "not of this command)")  # fmt: skip
     return settings.toml_values(data, config, f"config file {path!r}")

@@ -55,6 +55,14 @@ def test_flags_toml_keys_and_fields_are_one_set(command):
             settings.toml_values({name: "v"}, config, "t.toml")
 
 
+def test_a_run_file_given_to_hessian_names_whose_setting_it_is(tmp_path, capsys):
+    (tmp_path / "s.toml").write_text('x = "-1:1:3"\n')
+    assert main(["hessian", str(tmp_path / "s.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "unknown setting 'x' (a setting of dsurf run, dsurf sbatch, not of this command)" in err
+
+
 def test_hessian_takes_no_surface_settings(capsys):
     with pytest.raises(UserError, match="unrecognized arguments: --x"):
         build_parser().parse_args(["hessian", "--x", "1:2:3"])
