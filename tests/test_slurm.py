@@ -5,6 +5,7 @@ one. Every wait is bounded and waits on an event (the job's state, the file's do
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -139,6 +140,11 @@ def start_now(job: str) -> None:
     taken (the requeue delay that this skips is what prevents that on a real cluster)."""
     wait_for_state(job, "PENDING")
     wait_for(lambda: not step_daemons(job), f"the step daemons of job {job} to exit", timeout=60)
+    # The last run's end revoked the job's credential, and slurmd refuses every credential made in the
+    # same second as a revocation or before ("Job credential revoked": the requeued job then fails at
+    # once). The revocation is behind us now, so a start from the next whole second on is accepted.
+    revoked_by = time.time()
+    wait_for(lambda: time.time() >= math.floor(revoked_by) + 1, "the second after the credential's revocation", timeout=5)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
 
 
