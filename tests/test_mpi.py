@@ -129,7 +129,12 @@ def test_mpi_run_equals_serial_run(ranks, grid, serial_surfaces, env, tmp_path):
     expected_mode = "serial" if ranks == 1 else ("mpi-mpio" if h5py.get_config().mpi else "mpi-gather")
     assert got["runs"][-1]["mode"].decode() == expected_mode
     if ranks > 1:
-        assert set(got["timings"]["rank"]) == set(range(ranks)), "rank 0 works too, and every worker got chunks"
+        # Chunks go to whichever rank asks first (after the collective open of the file): on 2 cores
+        # shared by 4 ranks a descheduled rank may find them all taken (seen once with 4 chunks for 4
+        # ranks), so that every rank gets one is not the engine's promise; that the work is shared,
+        # and only among the job's ranks, is.
+        workers = set(got["timings"]["rank"].tolist())
+        assert workers <= set(range(ranks)) and len(workers) >= 2, f"the work is shared among the ranks: {workers}"
 
 
 def test_mpio_mode_writes_from_every_rank(env, tmp_path):
