@@ -28,8 +28,8 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 echo "== installing Python packages"
 "${pip[@]}" --upgrade pip
 "${pip[@]}" "$torch_spec" mpi4py numpy Cython pkgconfig setuptools packaging wheel \
-  matplotlib scikit-learn scipy tqdm transformers pytest vtk pyhessian mkdocs mkdocs-material
-# (vtk: the tests read the .vtp/.vts exports back; pyhessian: the tests compare the Hessian with it;
+  matplotlib scikit-learn scipy tqdm transformers datasets peft pytest vtk pyhessian mkdocs mkdocs-material
+# (datasets: --data hf-dataset:DIR; peft: LoRA adapter folders as --to; vtk: the tests read the .vtp/.vts exports back; pyhessian: the tests compare the Hessian with it;
 # mkdocs, mkdocs-material: the documentation in docs/, which CI and a test build with --strict)
 
 if ! "$venv/bin/python" -c 'import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)' 2>/dev/null; then
