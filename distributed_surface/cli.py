@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -261,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     with STOP:
         try:
             args = build_parser().parse_args(argv)
-            return COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # (here, so that a closed pipe is met inside the try, not at exit)
+            return code
+        except BrokenPipeError:
+            return _reader_left()
         except UserError as exc:
             from .engine.launcher import rank
 
@@ -271,6 +276,19 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("dsurf: interrupted; finished chunks are saved, continue with --resume", file=sys.stderr)
             return 130
+
+
+# The exit status of a process whose reader has gone (128 + SIGPIPE), as a shell reports it.
+CLOSED_PIPE_EXIT = 141
+
+
+def _reader_left() -> int:
+    """Standard output's reader has gone (``dsurf info FILE | head -1``): stop quietly, as ``cat`` does.
+    What is still buffered goes to the null device, so that Python's flush at exit raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return CLOSED_PIPE_EXIT
 
 
 if __name__ == "__main__":  # pragma: no cover

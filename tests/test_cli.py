@@ -245,3 +245,29 @@ def test_plot_of_a_1d_single_point(tiny, dsurf, tmp_path):
     )
     assert rc == 0, err
     assert (tmp_path / "one_plots" / "one_1d_loss_acc.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["info", "{file}"], ["info", "--status", "{file}"],
+     ["sbatch", "--dry-run", "--model", "{model}", "--data", "{data}", "--x", "-1:1:3", "--nodes", "1", "--time", "1:00:00"]],
+    ids=["info", "status", "sbatch"],
+)
+def test_a_closed_pipe_ends_quietly(tiny, surface_2d, tmp_path, args):
+    """`dsurf info FILE | head -1`: the reader has gone before dsurf writes (its end of the pipe is closed
+    before dsurf starts, so the write fails every time, not one run in three): no traceback, the status
+    of a process whose reader left."""
+    import os
+    import subprocess
+    import sys
+
+    args = [a.format(file=surface_2d, model=tiny.spec("model"), data=tiny.spec("data")) for a in args]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "distributed_surface", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 141
