@@ -8,7 +8,7 @@ import re
 import sys
 
 from .engine.stop import NoStop, StopRequest
-from .core.errors import UserError
+from .core.errors import UserError, one_line
 from .storage import Status
 
 # The signal handlers of the command being run (see main).
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             from .engine.launcher import rank
 
             if rank() == 0:  # under MPI every rank finds a bad setting: rank 0 says it, once
-                print(f"dsurf: error: {exc}", file=sys.stderr)
+                print(f"dsurf: error: {one_line(str(exc))}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("dsurf: interrupted; finished chunks are saved, continue with --resume", file=sys.stderr)

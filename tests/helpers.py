@@ -224,6 +224,7 @@ def assert_one_line_error(rc, out, err, *needles):
     assert err.startswith("dsurf: error:"), err
     assert err.count("\n") == 1 and err.endswith("\n"), f"not exactly one line: {err!r}"
     assert "Traceback" not in err
+    assert "\x1b" not in err, f"terminal codes in the error: {err!r}"
     for needle in needles:
         assert needle.lower() in err.lower(), f"{needle!r} not in {err!r}"
 

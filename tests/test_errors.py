@@ -428,3 +428,18 @@ def test_info_and_plot_of_bad_files(dsurf, existing, tmp_path, command):
         rc, out, err = dsurf(command, name)
         assert_one_line_error(rc, out, err, name, needle)
     assert not (tmp_path / "other_plots").exists() and not (tmp_path / "text_plots").exists()
+
+
+# ---------------------------------------------------------------- --directions files
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"a b c\nd e\n", b'cos\nsystem\n(S"ls"\ntR.'],  # text; a pickle that calls os.system (torch's long refusal)
+    ids=["text", "code"],
+)
+def test_directions_file_that_is_not_a_torch_file(tiny, dsurf, existing, tmp_path, content):
+    """torch's refusal of a pickle that would run code is several paragraphs (with terminal codes in some
+    versions): the error is still one line."""
+    (tmp_path / "d.txt").write_bytes(content)
+    check(dsurf, existing, run_with(tiny, "--directions", "d.txt", *GRID, "--out", OUT, "--overwrite"), "--directions", "d.txt")

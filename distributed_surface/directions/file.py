@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.errors import UserError
+from ..core.errors import UserError, first_line
 from .base import DirectionKind, Made
 from .checkpoints import UNNORMALISED, check_path
 
@@ -47,7 +47,7 @@ def read_direction_file(path: str, base: dict) -> list[dict]:
         try:
             loaded = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many kinds for a damaged or foreign file
-            raise UserError(f"--directions {path!r} is neither a surface file nor a readable torch file: {exc}") from None
+            raise UserError(f"--directions {path!r} is neither a surface file nor a readable torch file: {first_line(exc)}") from None
         directions = [loaded] if isinstance(loaded, dict) else list(loaded) if isinstance(loaded, (list, tuple)) else []
         if not 1 <= len(directions) <= 2 or not all(
             isinstance(d, dict) and all(isinstance(t, torch.Tensor) for t in d.values()) for d in directions
