@@ -238,6 +238,7 @@ def test_checkpoint_holding_no_state_dict(tiny, dsurf, existing, tmp_path):
     [
         (["--x", "-1:1:0"], ["--x", "at least 1"]),
         (["--x", "1:-1:3"], ["--x", "MIN must not exceed MAX"]),
+        (["--x=0:0:5"], ["--x", "MIN < MAX"]),
         (["--x", "a:1:3"], ["--x", "number"]),
         (["--x", "-1:1:z"], ["--x", "whole number"]),
         (["--x", "-1:1"], ["--x", "MIN:MAX:NUM"]),

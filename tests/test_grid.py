@@ -42,6 +42,8 @@ def test_axis_parse_good(text, expected):
         ("nan:1:3", "finite"),
         ("-inf:1:3", "finite"),
         ("-1:1:1", "single point"),
+        ("0:0:5", "5 points need MIN < MAX"),
+        ("0.5:0.5:2", "need MIN < MAX"),
     ],
 )
 def test_axis_parse_bad(text, message):

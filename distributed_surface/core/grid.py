@@ -31,6 +31,9 @@ class Axis:
             raise ValueError(f"MIN must not exceed MAX, got {self.min} > {self.max}")
         if self.num == 1 and self.min != self.max:
             raise ValueError(f"a single point needs MIN == MAX, got {self.min}:{self.max}:1")
+        if self.num > 1 and self.min == self.max:
+            # (every point would be the same one, computed NUM times)
+            raise ValueError(f"{self.num} points need MIN < MAX, got {self.min:g}:{self.max:g}:{self.num}")
 
     @classmethod
     def parse(cls, text: str) -> "Axis":
