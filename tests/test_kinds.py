@@ -194,6 +194,7 @@ def test_resume_refuses_other_checkpoints(tiny, dsurf, run_args, models, tmp_pat
     "flags,needles",
     [
         (["--to", "missing.pt"], ["--to", "no such file"]),
+        (["--to", "a.pt"], ["--to", "direction 1 is zero everywhere"]),  # (a.pt holds θ0 itself)
         (["--to", "corrupt.pt"], ["--to", "not a readable torch checkpoint"]),
         (["--to", "other_arch.pt"], ["--to", "does not match the model", "'0.weight'"]),
         (["--trajectory", "nothing_*.pt"], ["--trajectory", "matches 0 checkpoint"]),

@@ -51,6 +51,7 @@ def make_frame(config, problem, *, device=None) -> Frame:
     sources = [file_source(role, path) for role, path in kind.sources(config)]  # (read by now: named by their flags)
     if config.directions.params is not None:
         made.directions = restrict_to(made.directions, base, config.directions.params)
+    _check_not_zero(kind, made.directions)
     layout = make_layout(config, len(made.directions))
     attrs = {"kind": kind.name, "dir_type": config.directions.dir_type, "sources": json.dumps(sources),
              "markers": json.dumps(made.markers), "description": made.description}  # fmt: skip
@@ -61,6 +62,17 @@ def make_frame(config, problem, *, device=None) -> Frame:
     if config.directions.params is not None:
         attrs["params"] = config.directions.params
     return Frame(kind, made, layout, attrs)
+
+
+def _check_not_zero(kind: DirectionKind, directions: list) -> None:
+    """Refuse a direction that is zero everywhere (``--to`` a checkpoint equal to θ0): every point along
+    it would be θ0, and a flat line would look like a finding."""
+    for k, direction in enumerate(directions):
+        if all(not bool(tensor.any()) for tensor in direction.values()):
+            raise UserError(
+                f"{kind.flag}: direction {k + 1} is zero everywhere (a checkpoint that equals the model's weights?): "
+                "every point along it would be the same"
+            )
 
 
 def make_layout(config, ndim: int) -> Grid | PointList:
