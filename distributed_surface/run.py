@@ -8,6 +8,7 @@ of it (:mod:`.engine.job`).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -107,9 +108,12 @@ class SurfaceJob:
             directions, layout = frame.directions, frame.layout
         evaluator = make_evaluator(config, problem, device, directions)
         if config.auto_axes and not resuming:
-            chosen = choose_spans(config, frame, _naming_failures(evaluator))
+            chosen, notes = choose_spans(config, frame, _naming_failures(evaluator))
             for name, span in chosen.items():
-                print(f"dsurf: --{name} auto: {span}", file=sys.stderr)
+                note = f" ({notes[name]})" if name in notes else ""
+                print(f"dsurf: --{name} auto: {span}{note}", file=sys.stderr)
+            if notes:
+                frame.attrs["auto_span_notes"] = json.dumps(notes)
             config = self.config = config.replace(**chosen)
             frame.layout = layout = make_layout(config, len(frame.directions))
         path, replaces = config.output.out, None

@@ -5,11 +5,13 @@ parameter subsets and automatic spans; how each is recorded, resumed, drawn, and
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -236,3 +238,22 @@ def test_a_curve_under_mpirun_equals_the_serial_one(tiny, run_args, models, tmp_
     np.testing.assert_allclose(b.metrics["train_loss"], a.metrics["train_loss"], rtol=1e-7)
     np.testing.assert_array_equal(b.points, a.points)
     assert len(set(b.timings["rank"])) > 1
+
+
+def test_auto_span_of_a_loss_that_never_rises_says_it_took_the_search_limit(dsurf, tmp_path):
+    """Inputs of zeros: a linear model's loss is its biases' alone, and the (weights-only) direction never
+    moves it. The span is then the search's limit: said in the line, and recorded in the file."""
+    (tmp_path / "flat.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def model():\n    torch.manual_seed(0)\n    return nn.Sequential(nn.Flatten(), nn.Linear(4, 3))\n"
+        "def data():\n    return torch.zeros(12, 4), torch.arange(12) % 3\n"
+    )
+    rc, out, err = dsurf("run", "--model", "flat.py:model", "--data", "flat.py:data", "--x", "auto:5", "--out", "f.h5", *QUIET)
+    assert rc == 0, err
+    line = next(line for line in err.splitlines() if "--x auto:" in line)
+    assert "the loss never reached 5x" in line and "on the - and + side" in line and "search limit" in line
+    data = read_surface(str(tmp_path / "f.h5"))
+    assert data.config["x"] == "-17.6:17.6:5"
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        notes = json.loads(f["directions"].attrs["auto_span_notes"])
+    assert list(notes) == ["x"] and "search limit" in notes["x"]
