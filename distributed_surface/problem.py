@@ -408,6 +408,8 @@ def check_problem(problem: Problem, device: torch.device, flags: Mapping[str, st
     model = problem.model.to(device).eval()
     for split, samples in problem.splits.items():
         flag = flags.get(split, f"the {split} data")
+        if isinstance(samples, Samples):  # (streamed data is not read ahead of the run to look)
+            _check_finite(samples, flag)
         x, y = to_device(samples.slice(0, 2).inputs, device), samples.targets[:2].to(device)
         try:
             with torch.no_grad():
@@ -418,6 +420,9 @@ def check_problem(problem: Problem, device: torch.device, flags: Mapping[str, st
             out = logits_of(out)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        if out.is_floating_point() and not torch.isfinite(out).all():
+            sample = int((~torch.isfinite(out.reshape(len(out), -1))).any(dim=1).nonzero()[0, 0])
+            raise UserError(f"{flag}: the model's outputs at θ0 for sample {sample} are not finite (NaN or inf): every loss would be")
         try:
             with torch.no_grad():
                 problem.loss.check(out, y, samples.targets)
@@ -427,6 +432,15 @@ def check_problem(problem: Problem, device: torch.device, flags: Mapping[str, st
             ) from exc
         if problem.loss.loss_count(samples.targets) < 1:
             raise UserError(f"{flag}: every target is ignored (-100): there is nothing to average the loss over")
+
+
+def _check_finite(samples: Samples, flag: str) -> None:
+    """Refuse data with a NaN or an infinity in it: every point's loss would be NaN, and the run would
+    finish as if it had computed something."""
+    found = samples.first_not_finite()
+    if found is not None:
+        index, name = found
+        raise UserError(f"{flag}: sample {index} has a value that is not finite (NaN or inf) in its {name}: every loss would be NaN")
 
 
 def _shapes(samples: Samples) -> str:

@@ -444,3 +444,27 @@ def test_directions_file_that_is_not_a_torch_file(tiny, dsurf, existing, tmp_pat
     versions): the error is still one line."""
     (tmp_path / "d.txt").write_bytes(content)
     check(dsurf, existing, run_with(tiny, "--directions", "d.txt", *GRID, "--out", OUT, "--overwrite"), "--directions", "d.txt")
+
+
+# ---------------------------------------------------------------- data that is not finite
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_data_with_a_value_that_is_not_finite(tiny, dsurf, existing, tmp_path, value):
+    """One NaN input made every point NaN, with exit 0: refused, naming the sample."""
+    (tmp_path / "bad_data.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(tiny.path.parent)!r})\nimport tiny\n"
+        f"def data():\n    x, y = tiny.data()\n    x = x.clone()\n    x[5, 0, 2, 3] = float({str(value)!r})\n    return x, y\n"
+    )
+    check(dsurf, existing, run_with(tiny, *GRID, "--out", OUT, "--overwrite", data="bad_data.py:data"),
+          "sample 5", "not finite", "inputs")  # fmt: skip
+
+
+def test_a_model_whose_outputs_are_not_finite(tiny, dsurf, existing, tmp_path):
+    (tmp_path / "nan_model.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(tiny.path.parent)!r})\nimport tiny, torch\n"
+        "class NaNOut(torch.nn.Module):\n    def forward(self, x):\n        return x * float('nan')\n"
+        "def model():\n    return torch.nn.Sequential(tiny.model(), NaNOut())\n"
+    )
+    check(dsurf, existing, run_with(tiny, *GRID, "--out", OUT, "--overwrite", model="nan_model.py:model"),
+          "outputs at θ0", "not finite")  # fmt: skip

@@ -65,6 +65,20 @@ class Samples:
         """:func:`tensors_sha256` of :meth:`named_tensors`."""
         return tensors_sha256(self.named_tensors())
 
+    def first_not_finite(self) -> tuple[int, str] | None:
+        """The first sample (its index, and the tensor's name) with a NaN or an infinity in a floating
+        input or target; None where every value is finite."""
+        found = None
+        for name, tensor in self.named_tensors():
+            if not tensor.is_floating_point() or not len(tensor):
+                continue
+            bad = ~torch.isfinite(tensor.reshape(len(tensor), -1)).all(dim=1)
+            if bad.any():
+                index = int(bad.nonzero()[0, 0])
+                if found is None or index < found[0]:
+                    found = (index, name)
+        return found
+
     def slice(self, start: int, stop: int) -> "Samples":
         return Samples(map_inputs(self.inputs, lambda t: t[start:stop]), self.targets[start:stop])
 
