@@ -199,6 +199,7 @@ def command_sbatch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .config import CONFIGS
+    from .preflight import check_inputs_exist
     from .settings import command_line, given_flags
     from .slurm import JobSpec, render, submit
     from .storage import MARK, carries_mark, write_atomically
@@ -206,6 +207,7 @@ def command_sbatch(args: argparse.Namespace) -> int:
     if args.overwrite:
         raise UserError("--overwrite has no place in a batch job: a requeued job would start over; remove the file first")
     config = run_config(args)  # a mistake in the run's settings shows now, not in the queue
+    check_inputs_exist(config)  # and a file it would read that is not there
     run_args = [args.config_file] if args.config_file else []
     run_args += command_line(given_flags(args, CONFIGS["run"]), CONFIGS["run"])
     run_args += ["--no-plot"] if args.no_plot else []

@@ -160,6 +160,8 @@ def assert_finished_without_recomputing(path: Path, reference) -> None:
 def test_generated_script_matches_golden_file(monkeypatch, capsys):
     monkeypatch.setattr(sys, "executable", "/opt/venv/bin/python")
     monkeypatch.chdir("/")
+    # (r20.pt is on the imagined cluster, not here: the check that inputs exist is tested below)
+    monkeypatch.setattr("distributed_surface.preflight.check_inputs_exist", lambda config: None)
     code = main([
         "sbatch", "--model", "mypkg.models:resnet20", "--data", "mypkg.data:cifar10", "--checkpoint", "r20.pt",
         "--x", "-1:1:51", "--y", "-1:1:51", "--batch-size", "512", "--out", "/scratch/r20.h5",
@@ -185,6 +187,26 @@ def test_bad_sbatch_flags_get_one_line(flags, message, capsys):
     assert main(["sbatch", *flags, "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dsurf: error:") and message in err[0]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--to", "missing.pt"], "--to 'missing.pt': no such file"),
+        (["--plane", "missing_b.pt", "missing_c.pt", "--y", "-1:1:3"], "--plane (B) 'missing_b.pt': no such file"),
+        (["--checkpoint", "missing.pt"], "--checkpoint 'missing.pt': no such file"),
+        (["--model", "missing.py:model", "--data", "missing.py:data"], "no such file 'missing.py'"),
+        (["--points", "missing.csv"], "--points 'missing.csv'"),
+    ],
+)
+def test_sbatch_refuses_inputs_that_are_not_there_before_writing_a_script(flags, message, capsys, tmp_path, monkeypatch):
+    """A run that would fail in the queue fails now: nothing printed (--dry-run), nothing written."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["sbatch", "--x", "-1:1:3", "--time", "1:00:00", *flags, "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+    assert main(["sbatch", "--x", "-1:1:3", "--time", "1:00:00", *flags]) == 2
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slurm
