@@ -44,7 +44,14 @@ def operator_for(config: RunConfig | HessianConfig, problem: Problem, device: to
 
 def check_twice_differentiable(operator: HessianOperator) -> None:
     """One Hessian-vector product now, so that a loss or model that cannot be differentiated twice
-    (or not by forward-over-reverse) fails with one line naming the op."""
+    fails with one line naming the op; before it, the walk of the first gradient's graph for what cuts
+    the second derivative without an error (``HessianOperator.second_derivative_cut``)."""
+    try:
+        cut = operator.second_derivative_cut()
+    except Exception as exc:  # noqa: BLE001 - whatever autograd rejects
+        raise UserError(f"the loss or the model cannot be differentiated (a gradient at θ0): {first_line(exc)}") from None
+    if cut is not None:
+        raise UserError(f"the Hessian cannot be computed: the gradient goes through {cut}, so its products would be wrong")
     try:
         product = operator.matvec(np.ones(operator.size) / np.sqrt(operator.size))
     except Exception as exc:  # noqa: BLE001 - whatever torch.func rejects

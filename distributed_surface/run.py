@@ -31,6 +31,7 @@ from .core.errors import UserError
 from .directions.frame import Frame, check_sources, make_frame, make_layout
 from .directions.options import read_points
 from .span import choose_spans
+from .hessian_operator import check_twice_differentiable, operator_for
 from .problem import Problem, check_problem, fingerprint, fingerprint_what, load_problem, resolve_device
 from .engine.runtime import keep_freed_host_memory
 from .output import check_grid_fits, check_output
@@ -106,6 +107,8 @@ class SurfaceJob:
         else:
             frame = make_frame(config, problem, device=device)
             directions, layout = frame.directions, frame.layout
+        if config.evaluation.measure == "hessian":  # (a wrong Hessian would be stored with exit 0)
+            check_twice_differentiable(operator_for(config, problem, device))
         evaluator = make_evaluator(config, problem, device, directions)
         if config.auto_axes and not resuming:
             chosen, notes = choose_spans(config, frame, _naming_failures(evaluator))

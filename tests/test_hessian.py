@@ -291,3 +291,75 @@ def test_per_point_eigenvalues_on_the_gpu_equal_the_cpu(tiny):
         values[device] = CurvatureEvaluator(inner, tol=1e-8).evaluate(offsets)
     for name in ("train_hess_max", "train_hess_min", "train_loss"):
         np.testing.assert_allclose(values["cuda"][name], values["cpu"][name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+ONCE_DIFFERENTIABLE = '''
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+class TanhOnce(torch.autograd.Function):
+    """tanh with a backward that autograd cannot differentiate again (as many fused kernels)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class MLP(nn.Module):
+    def __init__(self, once):
+        super().__init__()
+        torch.manual_seed(3)
+        self.hidden, self.out, self.once = nn.Linear(36, 8), nn.Linear(8, 3), once
+
+    def forward(self, x):
+        h = self.hidden(x.flatten(1))
+        return self.out(TanhOnce.apply(h) if self.once else torch.tanh(h))
+
+
+def once_model():
+    return MLP(True)
+
+
+def tanh_model():
+    return MLP(False)
+'''
+
+
+@pytest.mark.parametrize("command", ["hessian", "measure", "directions"])
+def test_a_function_without_a_second_derivative_is_refused(tiny, dsurf, tmp_path, command):
+    """The product through a @once_differentiable function raises nothing and drops its term: a wrong
+    Hessian with exit 0. The walk of the first gradient's graph finds it first."""
+    (tmp_path / "once.py").write_text(ONCE_DIFFERENTIABLE)
+    problem = ["--data", tiny.spec("data"), "--no-plot", "--out", "h.h5"]
+    args = {"hessian": ["hessian", *problem], "measure": ["run", *problem, "--measure", "hessian", "--x", "-1:1:3"],
+            "directions": ["run", *problem, "--directions", "hessian", "--x", "-1:1:2", "--y", "-1:1:2"]}[command]  # fmt: skip
+    rc, out, err = dsurf(*args, "--model", "once.py:once_model")
+    assert_one_line_error(rc, out, err, "TanhOnce", "once_differentiable")
+    assert not (tmp_path / "h.h5").exists()
+    # the same network with torch's own tanh has a second derivative: accepted
+    rc, out, err = dsurf(*args, "--model", "once.py:tanh_model", "--no-progress")
+    assert rc == 0, err
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(MPIRUN is None, reason="mpirun is not installed")
+def test_a_function_without_a_second_derivative_is_refused_under_mpirun(tiny, tmp_path):
+    (tmp_path / "once.py").write_text(ONCE_DIFFERENTIABLE)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    done = subprocess.run([MPIRUN, "--oversubscribe", "-np", "2", sys.executable, "-m", "distributed_surface", "hessian",
+                           "--model", "once.py:once_model", "--data", tiny.spec("data"), "--out", "h.h5"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("dsurf: error:")]
+    assert len(errors) == 1 and "TanhOnce" in errors[0] and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "h.h5").exists()

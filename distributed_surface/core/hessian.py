@@ -98,15 +98,8 @@ class HessianOperator:
         total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
         with torch.enable_grad():
             for x, y in self.batches:
-                point = {name: t.detach().requires_grad_(True) for name, t in self._point.items()}
-                values = {**self._fixed, **point}
-                if isinstance(x, dict):
-                    out = torch.func.functional_call(self.model, values, (), x, strict=False)
-                else:
-                    out = torch.func.functional_call(self.model, values, (x,), strict=False)
-                loss_sum, _ = self.loss.sums(at_least_fp32(logits_of(out)).unsqueeze(0), y, False)
-                leaves = list(point.values())
-                gradient = torch.autograd.grad(loss_sum[0], leaves, create_graph=True)
+                leaves, loss_sum = self._loss_sum(x, y)
+                gradient = torch.autograd.grad(loss_sum, leaves, create_graph=True)
                 dot = sum((g * v).sum() for g, v in zip(gradient, direction))
                 product = torch.autograd.grad(dot, leaves)
                 total += torch.cat([p.reshape(-1).double() for p in product])
@@ -114,10 +107,70 @@ class HessianOperator:
         self.products += 1
         return self.reduce(result) if self.reduce is not None else result
 
+    def _loss_sum(self, x: Inputs, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The batch's loss sum at the point, and the point's tensors (leaves that require grad)."""
+        point = {name: t.detach().requires_grad_(True) for name, t in self._point.items()}
+        values = {**self._fixed, **point}
+        if isinstance(x, dict):
+            out = torch.func.functional_call(self.model, values, (), x, strict=False)
+        else:
+            out = torch.func.functional_call(self.model, values, (x,), strict=False)
+        loss_sum, _ = self.loss.sums(at_least_fp32(logits_of(out)).unsqueeze(0), y, False)
+        return list(point.values()), loss_sum[0]
+
+    def second_derivative_cut(self) -> str | None:
+        """What cuts the second derivative on the first batch, in words; None where nothing does.
+
+        A function marked ``@once_differentiable`` (a custom autograd Function without a double backward,
+        as many fused kernels are) or an op whose second derivative torch does not implement leaves an
+        error node in the graph of the first gradient; the product through it raises nothing and
+        silently drops its term (a wrong Hessian). Found by walking that graph, before any product."""
+        if not self.batches:
+            return None
+        x, y = self.batches[0]
+        with torch.enable_grad():
+            leaves, loss_sum = self._loss_sum(x, y)
+            if loss_sum.grad_fn is None:
+                return None
+            gradient = torch.autograd.grad(loss_sum, leaves, create_graph=True, allow_unused=True)
+        cuts = [node for node in _graph(g.grad_fn for g in gradient if g is not None) if node.name() in _CUTTING_NODES]
+        if not cuts:
+            return None
+        marked = sorted({node._forward_cls.__name__ for node in _graph([loss_sum.grad_fn])
+                         if isinstance(node, torch.autograd.function.BackwardCFunction) and _once_differentiable(node._forward_cls)})  # fmt: skip
+        if marked:
+            return f"{', '.join(marked)} (a custom autograd Function marked @once_differentiable: it has no second derivative)"
+        return "an operation whose second derivative torch does not implement"
+
     def linear_operator(self):
         from scipy.sparse.linalg import LinearOperator
 
         return LinearOperator((self.size, self.size), matvec=self.matvec, dtype=np.float64)
+
+
+# The nodes autograd puts where a second derivative is cut: once_differentiable's delayed error, and an op
+# whose derivative is not implemented.
+_CUTTING_NODES = ("torch::autograd::Error", "torch::autograd::NotImplemented")
+
+
+def _graph(roots) -> list:
+    """Every node of the autograd graphs below ``roots``."""
+    seen, stack, nodes = set(), [root for root in roots if root is not None], []
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        nodes.append(node)
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return nodes
+
+
+def _once_differentiable(function: type) -> bool:
+    """Whether a custom autograd Function's backward is wrapped by ``torch.autograd.function.once_differentiable``."""
+    backward = getattr(function, "backward", None)
+    code = getattr(backward, "__code__", None)
+    return hasattr(backward, "__wrapped__") and code is not None and code.co_filename == torch.autograd.function.__file__
 
 
 @dataclass
