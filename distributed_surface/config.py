@@ -166,6 +166,8 @@ class RunConfig(Config):
         self.grid  # parses the axes
         self.direction_kind.check(self)  # (refuses two kinds at once)
         check_dimensions(self, self.direction_kind)
+        if self.evaluation.dtype != "fp32" and (self.evaluation.measure == "hessian" or self.direction_kind.name == "hessian"):
+            raise UserError(f"--dtype {self.evaluation.dtype}: the Hessian is taken in fp32 only; leave out --dtype")
 
     @property
     def auto_axes(self) -> tuple[str, ...]:

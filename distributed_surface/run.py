@@ -201,6 +201,7 @@ def make_evaluator(config: RunConfig, problem: Problem, device: torch.device, di
             points_per_pass=config.evaluation.points_per_pass,
             vmap=config.evaluation.vmap,
             precision=config.evaluation.precision,
+            dtype=config.evaluation.dtype,
             compile=config.evaluation.compile,
             channels_last=None if config.evaluation.channels_last == "auto" else config.evaluation.channels_last,
             resident={"device": True, "host": False}.get(config.evaluation.data_placement),

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from .core.options import (
-    BUILTIN_LOSS_NAMES, DATA_PLACEMENTS, DIR_TYPES, HESSIAN_PARAMS, IGNORE_RULES, MEASURES, NORMS, PRECISIONS,
+    BUILTIN_LOSS_NAMES, DATA_PLACEMENTS, DIR_TYPES, DTYPES, HESSIAN_PARAMS, IGNORE_RULES, MEASURES, NORMS, PRECISIONS,
     RANK0_ROLES, VMAP_MODES,
 )  # fmt: skip
 from .core.errors import UserError
@@ -214,6 +214,11 @@ class SurfaceEvaluation(Evaluation):
     precision: str = setting(
         "fp32", choices=PRECISIONS, identity=True,
         help="fp32 (default, exact), tf32 (GPU TF32 matmuls/convolutions) or bf16 (bfloat16 autocast)",
+    )  # fmt: skip
+    dtype: str = setting(
+        "fp32", choices=DTYPES, identity=True,
+        help="the weights' dtype in the forward pass: fp32 (default), bf16 or fp16 (θ0 and the directions stay fp32; "
+        "each point is cast once)",
     )  # fmt: skip
     compile: bool = switch_setting(False, help="torch.compile the forward pass (default off)")
     channels_last: bool | str = switch_setting(

@@ -360,3 +360,45 @@ def test_mpirun_equals_serial(lm, tmp_path):
     assert set(b.timings["rank"]) == {0, 1}
     blocks = blocks_of(lm["tokenizer"], [CORPUS])
     assert b.metrics["train_loss"][2] == pytest.approx(transformers_loss(lm["llama"], blocks), rel=1e-6)
+
+
+# ---------------------------------------------------------------- --dtype: the weights' dtype in the forward pass
+
+
+def bf16_loss(folder, blocks) -> float:
+    """The token cross-entropy of the model cast to bfloat16 as a whole, its logits widened to fp32, by hand."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        logits = model(input_ids=blocks).logits.float()
+    return float(F.cross_entropy(logits[:, :-1].flatten(0, 1).double(), blocks[:, 1:].flatten(), reduction="mean"))
+
+
+def test_dtype_bf16_runs_the_forward_pass_in_bfloat16(lm, dsurf, tmp_path):
+    corpus = lm["root"] / "corpus.txt"
+    runs = {}
+    for dtype in ("fp32", "bf16"):
+        flags = [] if dtype == "fp32" else ["--dtype", dtype]
+        rc, out, err = dsurf("run", "--model", f"hf:{lm['llama']}", "--data", f"text:{corpus}", "--cache-dir", "cache",
+                             *flags, *GRID, "--out", f"{dtype}.h5")  # fmt: skip
+        assert rc == 0, err
+        runs[dtype] = read_surface(str(tmp_path / f"{dtype}.h5"))
+    assert runs["fp32"].config["dtype"] == "fp32" and runs["bf16"].config["dtype"] == "bf16"
+    blocks = blocks_of(lm["tokenizer"], [CORPUS])
+    fp32, bf16 = theta0_loss(tmp_path / "fp32.h5"), theta0_loss(tmp_path / "bf16.h5")
+    assert fp32 == pytest.approx(transformers_loss(lm["llama"], blocks), rel=1e-6)  # the default is unchanged
+    assert bf16 == pytest.approx(bf16_loss(lm["llama"], blocks), rel=1e-6)  # the model's bf16 forward pass
+    assert 1e-7 < abs(bf16 - fp32) / fp32 < 1e-2  # a bfloat16-sized difference, not none
+    # Away from θ0 too the values differ (each point is cast), and every one is finite.
+    assert np.isfinite(runs["bf16"].metrics["train_loss"]).all()
+    assert not np.array_equal(runs["bf16"].metrics["train_loss"], runs["fp32"].metrics["train_loss"])
+
+
+def test_dtype_is_compared_on_resume(lm, dsurf, tmp_path):
+    corpus = lm["root"] / "corpus.txt"
+    common = ["--model", f"hf:{lm['llama']}", "--data", f"text:{corpus}", "--cache-dir", "cache", *GRID, "--out", "s.h5"]
+    rc, out, err = dsurf("run", *common)
+    assert rc == 0, err
+    before = (tmp_path / "s.h5").read_bytes()
+    rc, out, err = dsurf("run", *common, "--dtype", "bf16", "--resume")
+    assert_one_line_error(rc, out, err, "dtype")
+    assert (tmp_path / "s.h5").read_bytes() == before

@@ -47,7 +47,8 @@ from .plan import (
     gpu_pairs_per_pass,
     profiled_forward,
 )
-from .precision import PRECISIONS, BFloat16Products, at_least_fp32, numerics
+from .directions import base_tensors
+from .precision import DTYPES, PRECISIONS, TORCH_DTYPES, BFloat16Products, at_least_fp32, cast_floats, numerics
 from .samples import Batches, Inputs, Samples, batch_length, call_model, to_device
 from .stream import StreamedBatches, StreamedSamples
 from .weights import MovingWeights
@@ -78,7 +79,10 @@ class SurfaceEvaluator:
     one point's pass is overhead-bound), "tune" (time both ways, keep the faster), "on" (vmap wherever
     the model allows) or "off" (one point at a time); ``precision`` "fp32" (exact: TF32 is switched off
     on the GPU), "tf32" (TF32 matmuls and convolutions on GPUs that have them; fp32 on a CPU) or
-    "bf16" (autocast to bfloat16); ``compile`` (``torch.compile`` the forward pass);
+    "bf16" (autocast to bfloat16); ``dtype`` "fp32" (the model as it is), "bf16" or "fp16": the dtype of
+    the model's tensors and floating inputs in the forward pass, with θ0 and the directions kept as the
+    model holds them (fp32) and each point cast once (per point, or per pass of K points under vmap),
+    never per batch (:class:`~.weights.MovingWeights`); ``compile`` (``torch.compile`` the forward pass);
     ``channels_last`` (for 4-D inputs; None: on a CPU only); ``resident`` (None: keep the data on the
     device where it fits, else copy each batch to it from host memory; True/False to force). Data
     given as :class:`~.stream.StreamedSamples` is read from its Dataset on every pass
@@ -98,6 +102,7 @@ class SurfaceEvaluator:
         points_per_pass: int | None = None,
         vmap: str = "auto",
         precision: str = "fp32",
+        dtype: str = "fp32",
         compile: bool = False,
         channels_last: bool | None = None,
         resident: bool | None = None,
@@ -110,11 +115,18 @@ class SurfaceEvaluator:
             raise ValueError(f"unknown vmap mode {vmap!r}; expected one of {', '.join(VMAP_MODES)}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
         splits = _splits(data)
         self.loss = as_loss(loss)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.precision = precision
+        self.dtype = TORCH_DTYPES[dtype] if dtype != "fp32" else None  # None: the model's own (fp32)
+        theta0 = None
+        if self.dtype is not None:  # θ0 as given (fp32), before the model is cast for the forward pass
+            theta0 = {name: t.clone() for name, t in base_tensors(self.model, dir_type).items()}
+            self.model.to(self.dtype)
         self.vmap_mode = vmap
         self._batch_size = batch_size
         self._points_per_pass = points_per_pass
@@ -138,7 +150,7 @@ class SurfaceEvaluator:
             if self._accuracy[split]:
                 self.measurements.append(Measurement(measurement_name(split, "acc")))
 
-        self._weights = MovingWeights(self.model, directions, dir_type, self.device)
+        self._weights = MovingWeights(self.model, directions, dir_type, self.device, theta0)
         self.streamed = any(isinstance(samples, StreamedSamples) for samples in splits.values())
         if self.streamed:
             self.resident = False
@@ -285,8 +297,12 @@ class SurfaceEvaluator:
             stop = start + batch_length(x) - 1
             raise BatchError(f"the model or the loss failed on {split} samples {start}..{stop}: {first_line(exc)}") from exc
 
+    def _inputs(self, x: Inputs) -> Inputs:
+        """Floating inputs in the model's dtype (``dtype``); token ids and masks as they are."""
+        return x if self.dtype is None else cast_floats(x, self.dtype)
+
     def _plain_call(self, x: Inputs) -> torch.Tensor:
-        return logits_of(call_model(self.model, x))
+        return logits_of(call_model(self.model, self._inputs(x)))
 
     def _functional(self, tensors: dict[str, torch.Tensor], x: Inputs) -> torch.Tensor:
         with warnings.catch_warnings(), ExitStack() as stack:
@@ -295,6 +311,7 @@ class SurfaceEvaluator:
             if self.precision == "bf16" and torch.is_autocast_enabled(self.device.type):
                 # autocast does not reach convolutions with batched weights under vmap: cast them here
                 stack.enter_context(BFloat16Products())
+            x = self._inputs(x)
             if isinstance(x, dict):
                 out = torch.func.functional_call(self.model, tensors, (), x, strict=False)
             else:
@@ -426,7 +443,9 @@ class SurfaceEvaluator:
         expected = torch.stack(one).to(torch.float64)
         error = (many.to(torch.float64) - expected).abs().max().item()
         scale = expected.abs().max().item()
-        if not error <= 1e-4 * max(scale, 1e-6):  # also catches NaN
+        # (in a narrower dtype the two paths may round a product differently: a few of its steps)
+        tolerance = 1e-4 if self.dtype is None else 8 * torch.finfo(self.dtype).eps
+        if not error <= tolerance * max(scale, 1e-6):  # also catches NaN
             return f"vmap gave other outputs than the per-point model (max difference {error:.3g})"
         if self.precision != "fp32":
             try:

@@ -5,6 +5,8 @@ NORMS = ("filter", "layer", "weight", "none")
 IGNORE_RULES = ("biasbn", "none")
 DIR_TYPES = ("weights", "states")
 PRECISIONS = ("fp32", "tf32", "bf16")
+# The weights' dtype in the forward pass (θ0 and the directions stay fp32: core/weights.py).
+DTYPES = ("fp32", "bf16", "fp16")
 VMAP_MODES = ("auto", "tune", "on", "off")
 BUILTIN_LOSS_NAMES = ("cross_entropy", "causal_lm", "mse")
 # Where a split's data is kept: auto (chosen from its size), on the device, in host memory (each batch

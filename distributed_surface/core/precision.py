@@ -13,13 +13,16 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-from .options import PRECISIONS
+from .options import DTYPES, PRECISIONS
 
 # The largest relative error of the loss each precision may bring against fp32: about 4× the largest
 # error measured over whole grids (benchmarks/results/precision_cpu.md). TF32 keeps 10 mantissa bits
 # (GPUs only: on a CPU tf32 is fp32), bfloat16 7. tests/test_fast_evaluator.py holds the evaluator to
 # these bounds and docs/performance.md shows them.
 PRECISION_LOSS_ERROR = {"fp32": 1e-6, "tf32": 1e-2, "bf16": 5e-2}
+# --dtype: the weights' dtype in the forward pass.
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+assert tuple(TORCH_DTYPES) == DTYPES
 
 
 @contextmanager
@@ -65,13 +68,13 @@ class BFloat16Products(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in self.PRODUCTS:
-            args, kwargs = _cast_floats((args, kwargs), torch.bfloat16)
+            args, kwargs = cast_floats((args, kwargs), torch.bfloat16)
         elif func in self.NORMS:
-            args, kwargs = _cast_floats((args, kwargs), torch.float32)
+            args, kwargs = cast_floats((args, kwargs), torch.float32)
         return func(*args, **kwargs)
 
 
-def _cast_floats(tree, dtype: torch.dtype):
+def cast_floats(tree, dtype: torch.dtype):
     def cast(value):
         return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
