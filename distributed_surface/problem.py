@@ -26,7 +26,7 @@ from .core.samples import Samples, call_model, tensors_sha256, to_device
 from .core.stream import SamplesDataset, StreamedSamples
 from .core.errors import UserError, first_line
 from .engine.runtime import ranks_on_node
-from . import hf, text
+from . import hf, model_folders, text
 
 # --data-placement auto streams a Dataset larger than this share of the available host memory.
 HOST_DATA_FRACTION = 0.5
@@ -158,11 +158,14 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
 def read_state(path: str, model: nn.Module, flag: str, *, mmap: bool = False) -> dict[str, torch.Tensor]:
     """The state_dict in checkpoint ``path`` (or the one it holds under ``state_dict`` or ``model``; a
     ``module.`` prefix from DataParallel/DDP removed), checked to fit ``model``: the same keys and
-    shapes. ``mmap``: tensors stay in the file until read (memory-mapped), where its format allows.
-    ``flag`` names the option in the one-line errors."""
+    shapes. ``path`` may be a folder: a ``save_pretrained`` model folder or a PEFT adapter folder
+    (:mod:`.model_folders`). ``mmap``: tensors stay in the file until read (memory-mapped), where its
+    format allows. ``flag`` names the option in the one-line errors."""
     file = Path(path)
+    if file.is_dir():
+        return _fitting(model_folders.read_folder_state(path, model, flag), model, path, flag)
     if not file.is_file():
-        raise UserError(f"{flag} {path!r}: no such file")
+        raise UserError(f"{flag} {path!r}: no such file or folder")
     loaded = None
     for mapped in ((True, False) if mmap else (False,)):
         try:
@@ -185,6 +188,11 @@ def read_state(path: str, model: nn.Module, flag: str, *, mmap: bool = False) ->
         raise UserError(f"{flag} {path!r} holds no state_dict (nor one under 'state_dict' or 'model')")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
         state = {k[len("module.") :]: v for k, v in state.items()}
+    return _fitting(state, model, path, flag)
+
+
+def _fitting(state: dict[str, torch.Tensor], model: nn.Module, path: str, flag: str) -> dict[str, torch.Tensor]:
+    """``state``, checked to have ``model``'s keys and shapes (one line naming the first that differ)."""
     expected = model.state_dict()
     for key, value in expected.items():
         # Checkpoints from before PyTorch 0.4.1 (the paper's among them) have no BatchNorm counter.

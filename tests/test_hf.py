@@ -402,3 +402,149 @@ def test_dtype_is_compared_on_resume(lm, dsurf, tmp_path):
     rc, out, err = dsurf("run", *common, "--dtype", "bf16", "--resume")
     assert_one_line_error(rc, out, err, "dtype")
     assert (tmp_path / "s.h5").read_bytes() == before
+
+
+# ---------------------------------------------------------------- model folders and adapters as checkpoints
+
+
+@pytest.fixture(scope="session")
+def tuned(lm):
+    """``fine``: a copy of the Llama folder with every weight perturbed (a fine-tuned model); ``lora``: a
+    LoRA adapter made with peft on the Llama as loaded from its folder, its lora_B non-zero; ``merged``:
+    that adapter merged, saved as a model folder (transformers' own view of the adapted model)."""
+    root = lm["root"] / "tuned"
+    base = transformers.AutoModelForCausalLM.from_pretrained(lm["llama"], local_files_only=True)
+    torch.manual_seed(2)
+    fine = transformers.AutoModelForCausalLM.from_pretrained(lm["llama"], local_files_only=True)
+    with torch.no_grad():
+        for p in fine.parameters():
+            p.add_(0.5 * torch.randn_like(p) * p.abs().mean())
+    fine.save_pretrained(root / "fine")
+    folders = {"fine": root / "fine"}
+    peft = pytest.importorskip("peft")
+    adapted = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.2 * torch.randn_like(p))
+    adapted.save_pretrained(root / "lora")
+    folders["lora"] = root / "lora"
+    adapted.merge_and_unload().save_pretrained(root / "merged")
+    folders["merged"] = root / "merged"
+    return folders
+
+
+def _line_to(lm, dsurf, to, *more):
+    """``dsurf run --to TO`` from the Llama, at 0 and 1; the text blocks cached outside tmp_path (the note
+    that they come from the cache is left out of stderr)."""
+    corpus = lm["root"] / "corpus.txt"
+    rc, out, err = dsurf("run", "--model", f"hf:{lm['llama']}", "--data", f"text:{corpus}", "--cache-dir", lm["root"] / "cache",
+                         "--to", str(to), "--x", "0:1:2", "--no-plot", "--no-progress", *more, "--out", "line.h5")  # fmt: skip
+    return rc, out, "".join(line for line in err.splitlines(True) if not line.startswith("dsurf: text blocks from cache"))
+
+
+def test_to_a_model_folder_goes_from_the_base_to_the_fine_tuned_model(lm, tuned, dsurf, tmp_path):
+    shutil.copytree(tuned["fine"], tmp_path / "fine")
+    rc, out, err = _line_to(lm, dsurf, tmp_path / "fine")
+    assert rc == 0, err
+    surface = read_surface(str(tmp_path / "line.h5"))
+    blocks = blocks_of(lm["tokenizer"], [CORPUS])
+    at_base, at_fine = surface.metrics["train_loss"]
+    assert at_base == pytest.approx(transformers_loss(lm["llama"], blocks), rel=1e-6)
+    assert at_fine == pytest.approx(transformers_loss(tuned["fine"], blocks), rel=1e-6)
+    assert at_fine != pytest.approx(at_base, rel=1e-4)
+    sources = surface.frame["sources"]
+    assert sources[0]["files"] == {"model.safetensors": hf_sha256(tuned["fine"] / "model.safetensors")}
+    # --resume refuses the folder once its weights changed, and leaves the file as it was
+    _renamed_weight(tmp_path / "fine", rename=False)
+    before = (tmp_path / "line.h5").read_bytes()
+    rc, out, err = _line_to(lm, dsurf, tmp_path / "fine", "--resume")
+    assert_one_line_error(rc, out, err, "--resume", "fine", "another sha256")
+    assert (tmp_path / "line.h5").read_bytes() == before
+
+
+def hf_sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_to_a_lora_adapter_gives_the_merged_model(lm, tuned, dsurf, tmp_path):
+    rc, out, err = _line_to(lm, dsurf, tuned["lora"])
+    assert rc == 0, err
+    surface = read_surface(str(tmp_path / "line.h5"))
+    blocks = blocks_of(lm["tokenizer"], [CORPUS])
+    at_base, at_adapted = surface.metrics["train_loss"]
+    assert at_base == pytest.approx(transformers_loss(lm["llama"], blocks), rel=1e-6)
+    assert at_adapted == pytest.approx(transformers_loss(tuned["merged"], blocks), rel=1e-6)
+    assert at_adapted != pytest.approx(at_base, rel=1e-4)
+    assert sorted(surface.frame["sources"][0]["files"]) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def _renamed_weight(folder, rename=True):
+    """One q_proj weight renamed (or, ``rename=False``, changed) in the folder's safetensors file."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    name = next(n for n in state if n.endswith("q_proj.weight"))
+    if rename:
+        state[name.replace("q_proj", "query")] = state.pop(name)
+    else:
+        state[name] = state[name] + 1
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _other_base(folder):
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(folder.parent / "gpt2")
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "case, which, change, needles",
+    [
+        ("renamed weight", "fine", _renamed_weight, ["does not match the model", "missing", "q_proj", "unexpected", "query"]),
+        ("no weights", "fine", lambda f: (f / "model.safetensors").unlink(), ["no safetensors weights"]),
+        ("not a model folder", "fine", lambda f: (f / "config.json").unlink(), ["neither a model folder", "adapter"]),
+        ("adapter of another base", "lora", _other_base, ["made for the model in", "other weights"]),
+        ("adapter of other modules", "lora", None, ["does not fit the model"]),
+    ],
+)  # fmt: skip
+def test_bad_folder_checkpoint(case, which, change, needles, lm, tuned, dsurf, tmp_path):
+    folder = tmp_path / "folder"
+    shutil.copytree(tuned[which], folder)
+    if change is not None:
+        change(folder)
+    else:  # an adapter of a GPT-2, whose modules the Llama does not have
+        _gpt2_adapter(lm, folder)
+    (tmp_path / "gpt2").symlink_to(lm["gpt2"])  # (the other base, beside the folder)
+    before = snapshot(tmp_path)
+    rc, out, err = _line_to(lm, dsurf, folder)
+    assert_one_line_error(rc, out, err, *needles)
+    assert snapshot(tmp_path) == before  # no file written or changed
+
+
+def _gpt2_adapter(lm, folder):
+    peft = pytest.importorskip("peft")
+    shutil.rmtree(folder)
+    gpt2 = transformers.AutoModelForCausalLM.from_pretrained(lm["gpt2"], local_files_only=True)
+    peft.get_peft_model(gpt2, peft.LoraConfig(r=2, target_modules=["c_attn"])).save_pretrained(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = None  # (the base is not checked: the modules are)
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+def test_adapter_without_peft_says_so(lm, tuned, dsurf, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_peft(name, *args, **kwargs):
+        if name == "peft" or name.startswith("peft."):
+            raise ImportError("No module named 'peft'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_peft)
+    rc, out, err = _line_to(lm, dsurf, tuned["lora"])
+    assert_one_line_error(rc, out, err, "PEFT adapter folder", "needs peft")
+    assert not (tmp_path / "line.h5").exists()

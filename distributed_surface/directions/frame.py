@@ -17,6 +17,8 @@ from pathlib import Path
 
 from ..core.grid import Grid, PointList
 from ..core.errors import UserError
+from ..hf import file_sha256
+from ..model_folders import folder_files
 from .base import DirectionKind, Made
 from .options import read_points, restrict_to
 
@@ -111,12 +113,14 @@ def check_sources(config, stored: dict) -> None:
 
 
 def file_source(role: str, path: str) -> dict:
-    """A file the directions are made from: its role, path and sha256."""
+    """A file the directions are made from: its role, path and sha256. A folder (a model or adapter
+    folder, :mod:`..model_folders`) is recorded by the sha256 of each file that decides its weights,
+    under ``files``, and by the sha256 of those, as JSON, under ``sha256``."""
     file = Path(path)
+    if file.is_dir():
+        files = folder_files(role, path)
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        return {"role": role, "path": str(path), "sha256": digest, "files": files}
     if not file.is_file():
-        raise UserError(f"{role} {path!r}: no such file")
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return {"role": role, "path": str(path), "sha256": digest.hexdigest()}
+        raise UserError(f"{role} {path!r}: no such file or folder")
+    return {"role": role, "path": str(path), "sha256": file_sha256(file)}

@@ -15,9 +15,9 @@ from .checkpoints import check_path
 
 
 def trajectory_files(pattern: str) -> list[str]:
-    """The checkpoints a glob matches, in natural order (epoch_2 before epoch_10)."""
+    """The checkpoints a glob matches (files, or model folders), in natural order (epoch_2 before epoch_10)."""
     files = sorted(glob.glob(pattern), key=_natural)
-    files = [f for f in files if Path(f).is_file()]
+    files = [f for f in files if Path(f).is_file() or Path(f).is_dir()]
     if len(files) < 2:
         raise UserError(f"--trajectory {pattern!r} matches {len(files)} checkpoint(s): a trajectory needs at least 2")
     return files
