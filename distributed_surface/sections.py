@@ -67,7 +67,8 @@ class Problem:
         "saved by transformers' save_pretrained (loaded offline, in fp32)",
     )  # fmt: skip
     checkpoint: str | None = setting(
-        metavar="PATH", check=text(), help="a state_dict, or a dict holding one under 'state_dict' or 'model'"
+        metavar="PATH", check=text(),
+        help="a state_dict, or a dict holding one under 'state_dict' or 'model'; or a save_pretrained folder or a PEFT adapter folder",
     )
     data: str = setting(
         EXAMPLE_DATA, metavar="IMPORT|text:PATH", identity=True, check=text(),
@@ -135,15 +136,20 @@ class Directions:
     )  # fmt: skip
     # The kinds' settings (directions/): none of them given, random normal directions. Their paths are
     # not identity: the kind is, and the files' contents are (by sha256).
-    to: str | None = setting(metavar="B.pt", help="the line from θ0 (--checkpoint) to checkpoint B: d1 = θB − θ0, not normalised")
+    to: str | None = setting(
+        metavar="B.pt|DIR",
+        help="the line from θ0 (--checkpoint) to checkpoint B: d1 = θB − θ0, not normalised; B may be a save_pretrained "
+        "folder, or a PEFT adapter folder (θ0 with the adapter merged)",
+    )  # fmt: skip
     plane: tuple[str, str] | None = setting(
-        nargs=2, metavar=("B.pt", "C.pt"), help="the plane through θ0, B and C: d1 = θB − θ0, d2 = θC − θ0"
+        nargs=2, metavar=("B.pt", "C.pt"), help="the plane through θ0, B and C: d1 = θB − θ0, d2 = θC − θ0 (files or model folders)"
     )
     bend: str | None = setting(
         metavar="M.pt", help="with --to B.pt: the quadratic Bézier curve from θ0 through M to B, against t (--x)"
     )
     trajectory: str | None = setting(
-        metavar="GLOB", help="checkpoints of a training run ('runs/epoch_*.pt'): their first two principal components"
+        metavar="GLOB",
+        help="checkpoints of a training run ('runs/epoch_*.pt', or folders: 'runs/checkpoint-*'): their first two principal components",
     )
     directions: str | None = setting(
         metavar="FILE|KIND",

@@ -62,3 +62,27 @@ def test_unknown_dtype_is_refused():
     model, direction, x, y = _problem()
     with pytest.raises(ValueError, match="unknown dtype"):
         SurfaceEvaluator(model, [direction], (x, y), dtype="fp8")
+
+
+def test_a_plain_model_runs_in_bf16_and_records_it(dsurf, run_args, tmp_path):
+    """``--dtype`` is for every model (the tiny problem's floating inputs are cast too), recorded in the
+    config; the values differ from fp32's by a bfloat16-sized amount."""
+    from distributed_surface.storage import read_surface
+
+    for dtype in ("fp32", "bf16"):
+        rc, out, err = dsurf(*run_args, "--x", "-1:1:3", "--y", "-1:1:3", "--dtype", dtype, "--out", f"{dtype}.h5")
+        assert rc == 0, err
+    fp32, bf16 = (read_surface(str(tmp_path / f"{d}.h5")) for d in ("fp32", "bf16"))
+    assert bf16.config["dtype"] == "bf16"
+    a, b = fp32.metrics["train_loss"], bf16.metrics["train_loss"]
+    assert np.isfinite(b).all() and not np.array_equal(a, b)
+    assert np.allclose(a, b, rtol=5e-2)
+
+
+@pytest.mark.parametrize("flags", [["--measure", "hessian"], ["--directions", "hessian"]])
+def test_the_hessian_is_refused_in_bf16(flags, dsurf, run_args, tmp_path):
+    from helpers import assert_one_line_error
+
+    rc, out, err = dsurf(*run_args, "--x", "-1:1:3", "--y", "-1:1:3", "--dtype", "bf16", *flags, "--out", "s.h5")
+    assert_one_line_error(rc, out, err, "--dtype bf16", "Hessian", "fp32")
+    assert not (tmp_path / "s.h5").exists()
