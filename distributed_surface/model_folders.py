@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 from . import hf
@@ -102,7 +103,8 @@ def _merged_state(path: str, model, flag: str) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{flag} {path!r}: {ADAPTER_CONFIG} cannot be read as JSON: {first_line(exc)}") from None
     _check_base(path, flag, config, model)
-    with hf.offline():
+    with hf.offline(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (peft's and transformers' advice about their own APIs is not ours to give)
         try:
             merged = PeftModel.from_pretrained(copy.deepcopy(model), str(folder), is_trainable=False).merge_and_unload()
         except Exception as exc:  # peft raises many kinds: modules the model lacks, shapes, a damaged file

@@ -474,6 +474,7 @@ def hf_sha256(path) -> str:
 def test_to_a_lora_adapter_gives_the_merged_model(lm, tuned, dsurf, tmp_path):
     rc, out, err = _line_to(lm, dsurf, tuned["lora"])
     assert rc == 0, err
+    assert "Warning" not in err  # (peft's and transformers' advice about their APIs is not printed)
     surface = read_surface(str(tmp_path / "line.h5"))
     blocks = blocks_of(lm["tokenizer"], [CORPUS])
     at_base, at_adapted = surface.metrics["train_loss"]

@@ -77,7 +77,7 @@ def test_surface_identity_comes_from_the_declarations():
     assert SURFACE_IDENTITY == declared + ("kind",)
     assert set(SURFACE_IDENTITY) == {
         "model", "data", "test_data", "loss", "x", "y", "norm", "ignore", "dir_type", "seed", "max_samples",
-        "max_test_samples", "precision", "kind", "params", "measure", "hessian_samples", "hessian_params",
+        "max_test_samples", "precision", "dtype", "kind", "params", "measure", "hessian_samples", "hessian_params",
         "hf_task", "text_field", "seq_len",
     }  # fmt: skip
     config = RunConfig.build(x="-1:1:3", y="-1:1:3")

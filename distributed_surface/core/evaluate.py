@@ -73,7 +73,7 @@ class SurfaceEvaluator:
     over every counted target, accuracy in percent. The model is in eval mode; its tensors hold θ0, bit
     for bit, after every call.
 
-    Speed settings (none changes the values beyond float rounding, except ``precision``):
+    Speed settings (none changes the values beyond float rounding, except ``precision`` and ``dtype``):
     ``batch_size`` samples per forward pass (None: from the free memory); ``points_per_pass`` K, points
     per pass over the data under vmap (None: as many as fit, at most 64); ``vmap`` "auto" (vmap where
     one point's pass is overhead-bound), "tune" (time both ways, keep the faster), "on" (vmap wherever
@@ -82,7 +82,8 @@ class SurfaceEvaluator:
     "bf16" (autocast to bfloat16); ``dtype`` "fp32" (the model as it is), "bf16" or "fp16": the dtype of
     the model's tensors and floating inputs in the forward pass, with θ0 and the directions kept as the
     model holds them (fp32) and each point cast once (per point, or per pass of K points under vmap),
-    never per batch (:class:`~.weights.MovingWeights`); ``compile`` (``torch.compile`` the forward pass);
+    never per batch (:class:`~.weights.MovingWeights`); the model itself is cast in place, and after a
+    call holds θ0 cast to that dtype; ``compile`` (``torch.compile`` the forward pass);
     ``channels_last`` (for 4-D inputs; None: on a CPU only); ``resident`` (None: keep the data on the
     device where it fits, else copy each batch to it from host memory; True/False to force). Data
     given as :class:`~.stream.StreamedSamples` is read from its Dataset on every pass
