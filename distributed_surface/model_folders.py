@@ -38,14 +38,15 @@ def is_adapter(folder: Path) -> bool:
 def folder_files(flag: str, path: str) -> dict[str, str]:
     """The files that decide a folder checkpoint's weights, by name (relative to the folder), with their
     sha256: an adapter's config and weights, or a model folder's safetensors files."""
-    folder = Path(path)
-    if is_adapter(folder):
-        files = [folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS]
-        if not files[1].is_file():
-            raise UserError(f"{flag} {path!r}: an adapter folder without {ADAPTER_WEIGHTS} (only safetensors adapters are read)")
-    else:
-        files = _weights_files(flag, path)
+    files = _adapter_files(flag, path) if is_adapter(Path(path)) else _weights_files(flag, path)
     return {file.name: hf.file_sha256(file) for file in files}
+
+
+def _adapter_files(flag: str, path: str) -> list[Path]:
+    folder = Path(path)
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise UserError(f"{flag} {path!r}: an adapter folder without {ADAPTER_WEIGHTS} (only safetensors adapters are read)")
+    return [folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS]
 
 
 def _weights_files(flag: str, path: str) -> list[Path]:
@@ -97,7 +98,7 @@ def _merged_state(path: str, model, flag: str) -> dict:
     except ImportError as exc:
         raise UserError(f"{flag} {path!r} is a PEFT adapter folder: merging it needs peft, which cannot be imported ({first_line(exc)}): pip install peft") from None
     folder = Path(path)
-    folder_files(flag, path)  # (its weights file is there)
+    _adapter_files(flag, path)  # (its weights file is there)
     try:
         config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -572,3 +572,21 @@ def test_to_a_sharded_folder_with_tied_weights(lm, dsurf, tmp_path):
     assert at_base == pytest.approx(transformers_loss(lm["gpt2"], blocks), rel=1e-6)
     assert at_fine == pytest.approx(transformers_loss(tmp_path / "gpt2_fine", blocks), rel=1e-6)
     assert at_fine != pytest.approx(at_base, rel=1e-4)
+
+
+def test_plane_through_a_fine_tuned_folder_and_an_adapter(lm, tuned, dsurf, tmp_path):
+    """--plane takes folders too: the fine-tuned model at (1, 0), the adapted one at (0, 1), each recorded."""
+    corpus = lm["root"] / "corpus.txt"
+    rc, out, err = dsurf("run", "--model", f"hf:{lm['llama']}", "--data", f"text:{corpus}", "--cache-dir", lm["root"] / "cache",
+                         "--plane", tuned["fine"], tuned["lora"], "--x", "0:1:2", "--y", "0:1:2", "--no-plot", "--no-progress",
+                         "--out", "plane.h5")  # fmt: skip
+    assert rc == 0, err
+    surface = read_surface(str(tmp_path / "plane.h5"))
+    loss = np.asarray(surface.metrics["train_loss"]).reshape(2, 2)  # [x index, y index]
+    blocks = blocks_of(lm["tokenizer"], [CORPUS])
+    base, fine, merged = (transformers_loss(f, blocks) for f in (lm["llama"], tuned["fine"], tuned["merged"]))
+    assert loss[0, 0] == pytest.approx(base, rel=1e-6)
+    assert loss[1, 0] == pytest.approx(fine, rel=1e-6)
+    assert loss[0, 1] == pytest.approx(merged, rel=1e-6)
+    assert [s["role"] for s in surface.frame["sources"]] == ["B", "C"]
+    assert all(s["files"] for s in surface.frame["sources"])
