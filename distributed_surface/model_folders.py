@@ -78,7 +78,7 @@ def read_folder_state(path: str, model, flag: str) -> dict:
 def _with_tied(state: dict, model) -> dict:
     """``state`` with each of the model's tensors that it lacks but whose storage the model shares with
     one it holds (tied weights, which ``save_pretrained`` writes once) filled from that one."""
-    expected = model.state_dict()
+    expected = {name: t for name, t in model.state_dict().items() if t.numel()}  # (empty ones share no storage)
     present = {}
     for name, tensor in expected.items():
         if name in state:
