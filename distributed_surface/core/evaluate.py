@@ -346,8 +346,10 @@ class SurfaceEvaluator:
     def _profiled_head(self, samples: Samples) -> torch.Tensor:
         part = samples.slice(0, min(2, len(samples)))
         x = to_device(part.inputs, self.device, self._channels_last)
+        # Only vmap="auto" without a given K decides from the FLOPs (counting them costs ~1 s the first time).
+        count = self.vmap_mode == "auto" and self._points_per_pass is None
         with torch.no_grad():
-            out, self._profile = profiled_forward(self.model, lambda: self._plain_call(x), len(part))
+            out, self._profile = profiled_forward(self.model, lambda: self._plain_call(x), len(part), count_flops=count)
         return out
 
     # -- plan -----------------------------------------------------------------------------------------

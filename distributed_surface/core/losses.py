@@ -208,8 +208,10 @@ class CausalLM(Loss):
         return int((targets[:, 1:].long() != IGNORE_INDEX).sum())
 
     def sums(self, outputs, targets, accuracy):
-        # Position t predicts token t + 1: drop the last logits and the first labels.
-        return _token_sums(outputs[:, :, :-1], targets[:, 1:], accuracy)
+        # Position t predicts token t + 1: the labels shift left by one and the last position is ignored
+        # (slicing the logits instead would copy them, a tenth of a small model's loss time).
+        labels = F.pad(targets[:, 1:].long(), (0, 1), value=IGNORE_INDEX)
+        return _token_sums(outputs, labels, accuracy)
 
 
 class MeanSquaredError(Loss):

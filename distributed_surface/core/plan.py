@@ -2,11 +2,11 @@
 
 The choice is made once, without timing by default, so that ranks on like devices compute a point the
 same way: vmap where one point's forward pass is dominated by per-operation overhead rather than by
-arithmetic (its FLOPs, counted with forward hooks on a probe batch, below ``VMAP_FLOPS_PER_MODULE`` per
-module call for the device), after checking on a few samples that vmap gives the model's own outputs.
-``vmap="tune"`` times one point per pass against K per pass instead and keeps the faster. The batch
-size and K follow the free memory (on a CPU: a cache-sized working set) unless given. The numbers
-behind the constants are in docs/benchmarks.md.
+arithmetic (its FLOPs, counted by torch's ``FlopCounterMode`` on a probe batch, below
+``VMAP_FLOPS_PER_MODULE`` per module call for the device), after checking on a few samples that vmap
+gives the model's own outputs. ``vmap="tune"`` times one point per pass against K per pass instead
+and keeps the faster. The batch size and K follow the free memory (on a CPU: a cache-sized working
+set) unless given. The numbers behind the constants are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def choose_plan(
 
 def vmap_pays(profile: dict[str, float] | None, batch_size: int, device: torch.device) -> tuple[bool, str]:
     """Whether one point's forward pass is overhead-bound (see VMAP_FLOPS_PER_MODULE), and why."""
-    if profile is None:
+    if profile is None or profile["flops_per_sample"] is None:
         return False, "the model's FLOPs could not be counted"
     flops = profile["flops_per_sample"] * batch_size
     modules = max(1, profile["module_calls"])
@@ -203,13 +203,14 @@ def power_of_two_between(low: int, high: int) -> int:
     return 2 ** round(math.log2(math.sqrt(low * high))) if high > low else low
 
 
-def profiled_forward(model: nn.Module, forward: Callable[[], object], samples: int):
-    """``forward()``'s output and the model's profile per sample: FLOPs of its convolution and linear
-    layers (2 per multiply-add; other modules and functional matmuls are not counted), leaf-module
-    calls, and the largest and total bytes its modules output. Counted with forward hooks (torch's
-    ``FlopCounterMode`` costs every rank ~1 s and ~80 MiB the first time it runs). The profile is None
-    for a model that takes no hooks (TorchScript)."""
-    sizes, calls, flops = [], [0], [0.0]
+def profiled_forward(model: nn.Module, forward: Callable[[], object], samples: int, *, count_flops: bool = True):
+    """``forward()``'s output and the model's profile per sample: its FLOPs (2 per multiply-add of every
+    matmul, convolution and attention product it runs, whichever module or function runs them; None
+    where not ``count_flops``, or where the count fails), leaf-module calls, and the largest and total
+    bytes its modules output. The FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
+    (:func:`counted_flops`); the rest with forward hooks. The profile is None for a model that takes no
+    hooks (TorchScript)."""
+    sizes, calls = [], [0]
 
     def hook(module, args, output):
         if not any(True for _ in module.children()):
@@ -217,8 +218,6 @@ def profiled_forward(model: nn.Module, forward: Callable[[], object], samples: i
         for t in output if isinstance(output, (tuple, list)) else (output,):
             if isinstance(t, torch.Tensor):
                 sizes.append(t.nbytes)
-        if isinstance(output, torch.Tensor):
-            flops[0] += module_flops(module, output)
 
     handles = []
     try:
@@ -226,13 +225,21 @@ def profiled_forward(model: nn.Module, forward: Callable[[], object], samples: i
             handles = [m.register_forward_hook(hook) for m in model.modules()]
         except RuntimeError:  # a TorchScript module takes no hooks: no profile
             return forward(), None
-        out = forward()
+        flops = None
+        if count_flops:
+            try:
+                out, flops = counted_flops(forward)
+            except Exception:  # noqa: BLE001 - the counter's failure is not the model's: the plain call decides
+                sizes.clear()
+                calls[0] = 0
+        if flops is None:
+            out = forward()
     finally:
         for handle in handles:
             handle.remove()
     n = max(1, samples)
     profile = {
-        "flops_per_sample": flops[0] / n,
+        "flops_per_sample": None if flops is None else flops / n,
         "module_calls": calls[0],
         "largest_bytes": (max(sizes) if sizes else 0) // n,
         "total_bytes": (sum(sizes) if sizes else 0) // n,
@@ -240,10 +247,27 @@ def profiled_forward(model: nn.Module, forward: Callable[[], object], samples: i
     return out, profile
 
 
-def module_flops(module: nn.Module, output: torch.Tensor) -> float:
-    """2 × the multiply-adds of a convolution or linear layer that produced ``output``; 0 for others."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return 2.0 * output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-    if isinstance(module, nn.Linear):
-        return 2.0 * output.numel() * module.in_features
-    return 0.0
+def counted_flops(forward: Callable[[], object]) -> tuple[object, float]:
+    """``forward()``'s output and the FLOPs it ran, counted by ``FlopCounterMode``: mm, addmm, bmm,
+    baddbmm, convolutions and scaled-dot-product attention by torch's formulas, and the CPU's attention
+    kernel, which torch's table lacks, by :func:`cpu_attention_flops`.
+
+    Its first use in a process imports ``torch._dynamo`` (every ``TorchDispatchMode`` does): about 1 s
+    and 70 MiB on a CPU, unless something (``transformers``, ``--compile``) has imported it already."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    with FlopCounterMode(display=False, custom_mapping={cpu_attention: cpu_attention_flops}) as counter:
+        out = forward()
+    return out, float(counter.get_total_flops())
+
+
+def cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of attention over ``(batch, heads, length, dim)`` queries, keys and values: the scores
+    Q·Kᵀ and their product with V, 2 per multiply-add, every position against every key (a causal
+    mask's skipped half is counted, as torch counts its own attention kernels). Keys and values may
+    have fewer heads than the queries (grouped-query attention): each query head still takes a full
+    product."""
+    batch, heads, length, dim = query_shape
+    keys, value_dim = key_shape[-2], value_shape[-1]
+    return 2 * batch * heads * length * keys * (dim + value_dim)
