@@ -44,14 +44,16 @@ class MovingWeights:
         return sum(t.nbytes for t in self.theta0)
 
     def move_to(self, offset: np.ndarray) -> None:
-        """Set the model's tensors to θ0 + Σ offset[j]·d_j."""
+        """Set the model's tensors to θ0 + Σ offset[j]·d_j (and forget autocast's casts of the old values)."""
+        torch.clear_autocast_cache()
         for index, (tensor, theta0) in enumerate(zip(self.live, self.theta0)):
             tensor.copy_(theta0)
             for coefficient, direction in zip(offset, self.directions):
                 tensor.add_(direction[index], alpha=float(coefficient))
 
     def restore(self) -> None:
-        """Set the model's tensors back to θ0, bit for bit."""
+        """Set the model's tensors back to θ0, bit for bit (and forget autocast's casts of the old values)."""
+        torch.clear_autocast_cache()
         for tensor, theta0 in zip(self.live, self.theta0):
             tensor.copy_(theta0)
 
