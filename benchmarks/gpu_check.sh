@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: everything the GPU path needs measured, in one prepared run of at most 8 minutes on a
+# The GPU check: everything the GPU path needs measured, in one prepared run of at most 9 minutes on a
 # machine with one NVIDIA GPU. Each step has its own time limit; a step that fails or runs out of time
 # is reported and the next one runs; each step's results are written as it ends, and the summary table
 # (benchmarks/results/gpu_check_cuda.md, printed at the end) holds every target.
@@ -8,11 +8,13 @@
 #   bash benchmarks/gpu_check.sh --dry-run   # the same steps on the CPU at toy sizes (under a minute),
 #                                            # results in a scratch folder (DSURF_BENCH_RESULTS)
 #
-# Steps (their limits add up to 475 s on the GPU; the dry run's are wider than its steps need, for a
+# Steps (their limits add up to 535 s on the GPU; the dry run's are wider than its steps need, for a
 # busy CI machine): the GPU-marked tests; the paper's loop against ours (ResNet-20,
 # 10,000 CIFAR-sized samples); efficiency against the bf16 matmul rate (fp32, tf32, bf16, channels-last
 # off and on); precision (tf32 and bf16 against fp32); 1, 2 and 4 ranks sharing the GPU (mpirun, one
-# surface each); the vmap crossover; --compile on and off; the summary.
+# surface each); the vmap crossover; --compile on and off; a GPT-2-small-sized language model (124 M
+# parameters, built from GPT-2 small's config) in bf16 against the hand loop and the bf16 peak (the dry
+# run: a tiny config); the summary.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 DSURF_BENCH_NO_WAIT=1
@@ -80,6 +82,8 @@ step vmap_crossover 35 20 "$PY" benchmarks/vmap_crossover.py --device "$device" 
   --samples "$(limit 2048 64)" --batch "$(limit 256 32)" --k "$(limit 16 4)" --name "vmap_crossover_$tag"
 step compile 120 30 env $no_compile "$PY" benchmarks/efficiency.py --device "$device" --problems resnet20 --samples "$(limit 2000 8)" \
   --rounds 1 --matmul-seconds "$(limit 0.1 0.05)" --matmul-sizes "$matmul" --compile --no-plain --name "efficiency_compile_$tag"
+step lm 60 40 "$PY" benchmarks/lm.py --device "$device" --size "$(limit gpt2-small tiny)" --precisions bf16 --points 2 \
+  --rounds "$(limit 3 1)" --matmul-sizes "$matmul" --matmul-seconds "$(limit 0.2 0.05)" --name "lm_$tag"
 step summary 10 10 "$PY" benchmarks/gpu_summary.py --tag "$tag"
 
 echo "== gpu_check ($tag) done in $(( $(date +%s) - began )) s; results in $results" >&2

@@ -22,6 +22,8 @@ from common import RESULTS, machine, table  # noqa: E402
 ANCHOR_TARGET = 10.0  # × the paper's per-point loop, ResNet-20 on 10,000 samples
 EFFICIENCY_TARGET = 0.40  # of the measured bf16 matmul rate
 RANKS_TARGET = 0.90  # efficiency of 4 ranks sharing one GPU against one
+LM_TARGET = 0.40  # GPT-2 small in bf16: model FLOP/s against the device's bf16 peak (issue 19)
+HAND_LOOP_TARGET = 1.0  # × the loop a researcher writes by hand, same model, data and points
 
 
 def load(name: str) -> dict | None:
@@ -87,10 +89,32 @@ def targets(tag: str) -> list[list]:
         if precision in layout and f"{precision} --compile" in compiled:
             gain = compiled[f"{precision} --compile"] / layout[precision]
             lines.append([f"--compile on/off ({precision})", "> 1 to turn it on", f"{gain:.2f}×", "measured"])
+    lines += lm_targets(load(f"lm_{tag}"))
     for row in rows_of(load(f"precision_{tag}"), problem="resnet20"):
         lines.append([f"{row['precision']} loss error against fp32 (max relative)", f"≤ {row['bound']:g} (the tests' bound)",
                       f"{row['max_rel']:.2e}", "met" if row["max_rel"] <= row["bound"] else "missed"])  # fmt: skip
     return lines
+
+
+def lm_targets(result: dict | None) -> list[list]:
+    """The language model's lines: its bf16 model FLOP/s against the device's datasheet bf16 peak (where
+    lm.py knows the device; else against the measured bf16 matmul rate, and the line says so), against
+    the measured rate, its speed against the hand loop, and its tokens per second."""
+    row = next(iter(rows_of(result, precision="bf16")), None)
+    what = f"language model ({result['parameters'] / 1e6:.3g} M parameters, bf16)" if row else "language model (bf16)"
+    if row is None:
+        return [[f"{what}: model FLOP/s against the bf16 peak", f"≥ {LM_TARGET:.0%}", "—", verdict(None, LM_TARGET)],
+                [f"{what} against the hand loop", f"≥ {HAND_LOOP_TARGET:g}×", "—", verdict(None, HAND_LOOP_TARGET)]]
+    if row["of_peak"]:
+        peak, share = f"datasheet {result['bf16_peak'] / 1e12:.0f} TFLOP/s", row["of_peak"]
+    else:
+        peak, share = f"no datasheet peak for this device: the measured bf16 matmul rate, {row['mm_flops'] / 1e12:.3g} TFLOP/s", row["of_mm"]
+    return [
+        [f"{what}: model FLOP/s against the bf16 peak ({peak})", f"≥ {LM_TARGET:.0%}", f"{share:.1%}", verdict(share, LM_TARGET)],
+        [f"{what}: model FLOP/s against the measured bf16 matmul rate", "measured", f"{row['of_mm']:.1%}", "measured"],
+        [f"{what} against the hand loop", f"≥ {HAND_LOOP_TARGET:g}×", _ratio(row["ratio"]), verdict(row["ratio"], HAND_LOOP_TARGET)],
+        [f"{what}: tokens per second", "measured", f"{row['tokens_per_s']:,.0f}", "measured"],
+    ]  # fmt: skip
 
 
 def _ratio(value: float | None) -> str:

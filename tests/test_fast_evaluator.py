@@ -288,8 +288,9 @@ def test_lower_precision_error_within_the_documented_bound(precision, vmap):
 
 @pytest.mark.parametrize("vmap", ["on", "off"])
 def test_bf16_evaluates_each_point_not_the_first_ones_weights(vmap):
-    """autocast caches the bfloat16 copy of a weight; the evaluator must not reuse it for the next point
-    (it did, before cache_enabled=False: errors of 3e-2 where bfloat16 brings 2e-4)."""
+    """autocast caches the bfloat16 copy of a weight; the evaluator keeps the cache while a point's pass
+    lasts and must not reuse it for the next point (it did, before the weights' moves cleared it: the
+    losses of every point were the first point's)."""
     k = None if vmap == "off" else 2
     exact, _ = make(vmap=vmap, points_per_pass=k)
     low, _ = make(vmap=vmap, points_per_pass=k, precision="bf16")

@@ -26,7 +26,8 @@ from .options import VMAP_MODES  # noqa: F401 - the modes this module implements
 # (CPU: ~200 GFLOP/s on 2 cores, measured; GPU: ~20 TFLOP/s, an estimate: not measured yet).
 VMAP_FLOPS_PER_MODULE = {"cpu": 2e6, "cuda": 2e8}
 MAX_POINTS_PER_PASS = 64
-# On a CPU the fastest batch keeps the largest activation about cache-sized; one point per pass takes at
+# On a CPU the fastest batch keeps the largest activation inside the model about cache-sized (its
+# output, which goes to the loss once, left out: a language model's logits); one point per pass takes at
 # most CPU_MAX_BATCH samples (measured fastest for ResNet-20 and the built-in example).
 CPU_WORKING_SET_BYTES = 8 * 2**20
 CPU_MAX_BATCH = 128
@@ -168,8 +169,8 @@ def weight_copies_that_fit(device: torch.device, moving_bytes: int) -> int:
 
 
 def cpu_pairs_per_pass(profile: dict[str, float] | None) -> int:
-    """Point-samples one pass may hold on a CPU: what keeps the largest activation within a cache-sized
-    working set (and the whole pass within a share of the free host memory)."""
+    """Point-samples one pass may hold on a CPU: what keeps the largest activation inside the model
+    within a cache-sized working set (and the whole pass within a share of the free host memory)."""
     if profile is None:  # no hooks (TorchScript): the batch measured best on CPUs
         return CPU_MAX_BATCH
     cache_bound = CPU_WORKING_SET_BYTES // max(1, profile["largest_bytes"])
@@ -206,8 +207,9 @@ def power_of_two_between(low: int, high: int) -> int:
 def profiled_forward(model: nn.Module, forward: Callable[[], object], samples: int, *, count_flops: bool = True):
     """``forward()``'s output and the model's profile per sample: its FLOPs (2 per multiply-add of every
     matmul, convolution and attention product it runs, whichever module or function runs them; None
-    where not ``count_flops``, or where the count fails), leaf-module calls, and the largest and total
-    bytes its modules output. The FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
+    where not ``count_flops``, or where the count fails), leaf-module calls, the largest bytes a module
+    outputs other than the model's output (``forward()``'s tensor: a language model's logits, which
+    only the loss reads), and the total bytes its modules output. The FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
     (:func:`counted_flops`); the rest with forward hooks. The profile is None for a model that takes no
     hooks (TorchScript)."""
     sizes, calls = [], [0]
@@ -217,7 +219,7 @@ def profiled_forward(model: nn.Module, forward: Callable[[], object], samples: i
             calls[0] += 1
         for t in output if isinstance(output, (tuple, list)) else (output,):
             if isinstance(t, torch.Tensor):
-                sizes.append(t.nbytes)
+                sizes.append((t.nbytes, t.data_ptr()))
 
     handles = []
     try:
@@ -238,11 +240,12 @@ def profiled_forward(model: nn.Module, forward: Callable[[], object], samples: i
         for handle in handles:
             handle.remove()
     n = max(1, samples)
+    output = out.data_ptr() if isinstance(out, torch.Tensor) else None
     profile = {
         "flops_per_sample": None if flops is None else flops / n,
         "module_calls": calls[0],
-        "largest_bytes": (max(sizes) if sizes else 0) // n,
-        "total_bytes": (sum(sizes) if sizes else 0) // n,
+        "largest_bytes": max((size for size, place in sizes if place != output), default=0) // n,
+        "total_bytes": sum(size for size, _ in sizes) // n,
     }
     return out, profile
 

@@ -34,8 +34,10 @@ def numerics(device: torch.device, precision: str):
         if device.type == "cuda":
             stack.enter_context(_tf32(precision == "tf32"))
         if precision == "bf16":
-            # No cast cache: it would keep the bfloat16 copy of the weights of the first point.
-            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False))
+            # The cast cache keeps each weight's bfloat16 copy while the block lasts, so a pass casts the
+            # weights once, not once per batch; whatever moves the weights in the block clears it
+            # (MovingWeights.move_to), else the next point would run on the last point's copies.
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
         yield
 
 

@@ -56,7 +56,9 @@ class MovingWeights:
         return sum(t.nbytes for t in self.theta0)
 
     def move_to(self, offset: np.ndarray) -> None:
-        """Set the model's tensors to θ0 + Σ offset[j]·d_j (summed in θ0's dtype, then cast)."""
+        """Set the model's tensors to θ0 + Σ offset[j]·d_j (summed in θ0's dtype, then cast; and forget
+        autocast's casts of the old values)."""
+        torch.clear_autocast_cache()
         for index, (tensor, theta0) in enumerate(zip(self.live, self.theta0)):
             point = tensor if tensor.dtype == theta0.dtype else theta0.clone()
             point.copy_(theta0)
@@ -66,7 +68,9 @@ class MovingWeights:
                 tensor.copy_(point)
 
     def restore(self) -> None:
-        """Set the model's tensors back to θ0: bit for bit, or θ0 cast to their dtype."""
+        """Set the model's tensors back to θ0: bit for bit, or θ0 cast to their dtype (and forget
+        autocast's casts of the old values)."""
+        torch.clear_autocast_cache()
         for tensor, theta0 in zip(self.live, self.theta0):
             tensor.copy_(theta0)
 

@@ -1,6 +1,7 @@
-"""The plan's FLOP count (core/plan.py: ``profiled_forward``) counts every matmul a model runs: the
-convolutions and linear layers of a CNN as before, and in a language model also ``transformers``'
-``Conv1D`` (GPT-2) and attention's products, which hooks on Conv/Linear modules did not see."""
+"""The plan's profile of a model (core/plan.py: ``profiled_forward``). Its FLOP count covers every matmul
+a model runs: the convolutions and linear layers of a CNN as before, and in a language model also
+``transformers``' ``Conv1D`` (GPT-2) and attention's products, which hooks on Conv/Linear modules did
+not see; its working set leaves out the model's output (a language model's logits)."""
 
 from __future__ import annotations
 
@@ -128,3 +129,14 @@ def test_flops_are_counted_only_where_the_plan_decides_from_them():
     for settings, counted in (({}, True), ({"vmap": "off"}, False), ({"points_per_pass": 4}, False)):
         ev = SurfaceEvaluator(trained_digits_cnn(), directions, (x[:32], y[:32]), **settings)
         assert (ev._profile["flops_per_sample"] is not None) == counted, settings
+
+
+def test_the_working_set_leaves_out_the_models_output():
+    """A language model's logits go straight to the loss: the CPU batch is sized by the largest activation
+    inside the model (GPT-2's MLP, T × 4d floats per sample), not by them (T × V)."""
+    model, width, _ = tiny_gpt2()
+    ids = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, profile = profiled_forward(model.eval(), lambda: model(input_ids=ids).logits, 2)
+    assert profile["largest_bytes"] == T * 4 * width * 4 < T * VOCAB * 4
+    assert profile["total_bytes"] >= T * VOCAB * 4  # the memory bound still counts them
