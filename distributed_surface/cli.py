@@ -7,6 +7,7 @@ import os
 import re
 import sys
 
+from .engine.runtime import prepare_cpu_threads
 from .engine.stop import NoStop, StopRequest
 from .core.errors import UserError, one_line
 from .storage import Status
@@ -261,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     # its last: a signal at any time stops the run with its file "interrupted" and exit code 3, and a
     # second one cannot cut the closing of the file short.
     STOP = StopRequest() if argv[:1] == ["run"] else NoStop()
+    if argv[:1] in (["run"], ["hessian"]):
+        prepare_cpu_threads()  # (before torch is imported: OpenMP reads its variables as it loads)
     with STOP:
         try:
             args = build_parser().parse_args(argv)

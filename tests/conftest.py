@@ -15,6 +15,12 @@ from distributed_surface import cli
 from helpers import TINY_MODULE
 
 
+# Threads as torch chooses them, whatever else the machine is doing: a run that took threads away for
+# another process's work would sum in another order than its neighbour test's run (tests/test_load.py
+# checks that choice on its own).
+os.environ["DSURF_THREADS"] = "torch"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def example_cache(tmp_path_factory):
     """One trained example per test run: every test, and every process a test starts (the environment
