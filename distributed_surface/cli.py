@@ -196,14 +196,16 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_sbatch(args: argparse.Namespace) -> int:
+def batch_script(args: argparse.Namespace):
+    """The batch script of ``dsurf sbatch ARGS``: its path and text, every check made (the run's settings,
+    the files it would read), nothing written."""
     from pathlib import Path
 
     from .config import CONFIGS
     from .preflight import check_inputs_exist
     from .settings import command_line, given_flags
-    from .slurm import JobSpec, render, submit
-    from .storage import MARK, carries_mark, write_atomically
+    from .slurm import JobSpec, render
+    from .storage import MARK
 
     if args.overwrite:
         raise UserError("--overwrite has no place in a batch job: a requeued job would start over; remove the file first")
@@ -222,12 +224,25 @@ def command_sbatch(args: argparse.Namespace) -> int:
     text = render(job, run_args, out=Path(config.output.out), script=script, workdir=Path.cwd(), template=template)
     # The mark under the first line (the interpreter's), so that dsurf sbatch knows its own script again.
     first, _, rest = text.partition("\n")
-    text = f"{first}\n# {MARK} (dsurf sbatch)\n{rest}"
+    return script, f"{first}\n# {MARK} (dsurf sbatch)\n{rest}"
+
+
+def write_batch_script(script, text: str, *, force: bool) -> None:
+    """Write a batch script (:func:`batch_script`): a file that is not one of dsurf's is replaced only with ``force``."""
+    from .storage import carries_mark, write_atomically
+
+    write_atomically(script, lambda temporary: temporary.write_text(text), ours=carries_mark, force=force,
+                     who="dsurf sbatch", flag="--script")  # fmt: skip
+
+
+def command_sbatch(args: argparse.Namespace) -> int:
+    from .slurm import submit
+
+    script, text = batch_script(args)
     if args.dry_run:
         print(text, end="")
         return 0
-    write_atomically(script, lambda temporary: temporary.write_text(text), ours=carries_mark, force=args.force,
-                     who="dsurf sbatch", flag="--script")  # fmt: skip
+    write_batch_script(script, text, force=args.force)
     print(f"wrote {script}", file=sys.stderr)
     print(f"submitted job {submit(script)}")
     return 0

@@ -79,14 +79,35 @@ def plot_surface(
     replaced only where ``dsurf plot`` drew it, or with ``force``.
     """
     fmt = _check_format(fmt)
+    drawn = draw(path, pictures=pictures, vmin=vmin, vmax=vmax, levels=levels, log=log)
+    target = Path(out_dir) if out_dir else default_out_dir(path)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--out-dir {str(target)!r} is not a directory")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out-dir {str(target)!r}: {exc.strerror or exc}") from None
+    stem = Path(path).stem
+    return [_save(figure, target / f"{stem}_{name}.{fmt}", force) for name, figure in drawn]
+
+
+def draw(
+    path: str,
+    *,
+    pictures: Iterable[str] | str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    levels: float | None = None,
+    log: bool = False,
+) -> list[tuple[str, Figure]]:
+    """The pictures of ``path`` (as :func:`plot_surface` takes them), each with its name (the file name
+    :func:`plot_surface` gives it, less the file's stem and the format), not saved anywhere."""
     wanted = _parse_pictures(pictures)
     _check_range(vmin, vmax, levels, log)
     from .storage import is_spectrum
 
     if is_spectrum(path):
-        target = Path(out_dir) if out_dir else default_out_dir(path)
-        target.mkdir(parents=True, exist_ok=True)
-        return [_save(_spectrum(path), target / f"{Path(path).stem}_density.{fmt}", force)]
+        return [("density", _spectrum(path))]
     data = read_any_surface(path)
     scattered = data.points is not None and data.points.shape[1] == 2 and data.curve is None
     fits = PICTURES_POINTS if scattered else PICTURES_1D if data.y is None else PICTURES_2D
@@ -106,38 +127,26 @@ def plot_surface(
         raise UserError(f"--kind gap: {path!r} has no test split to compare with the train split")
     if not np.any(data.done):
         raise UserError(f"{path!r}: no point is computed yet, nothing to plot")
-    target = Path(out_dir) if out_dir else default_out_dir(path)
-    if target.exists() and not target.is_dir():
-        raise UserError(f"--out-dir {str(target)!r} is not a directory")
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out-dir {str(target)!r}: {exc.strerror or exc}") from None
-    stem = Path(path).stem
     style = _Style(vmin=vmin, vmax=vmax, step=levels, log=log)
-    written = []
+    drawn = []
     if scattered:
         for metric in _metrics(data):
             suffix = "_log" if log and _is_loss(metric) else ""
-            written.append(_save(_scatter(data, metric, style), target / f"{stem}_points_{metric}{suffix}.{fmt}", force))
-        return written
+            drawn.append((f"points_{metric}{suffix}", _scatter(data, metric, style)))
+        return drawn
     if data.y is None:
-        name = f"{stem}_1d_{_curve_name(data)}{'_log' if log else ''}.{fmt}"
-        written.append(_save(_curve(data, style), target / name, force))
-        return written
+        return [(f"1d_{_curve_name(data)}{'_log' if log else ''}", _curve(data, style))]
     for picture in wanted:
         if picture == "gap":
-            for quantity in gaps:
-                written.append(_save(_gap(data, quantity), target / f"{stem}_{PICTURES_2D[picture]}_{quantity}.{fmt}", force))
+            drawn.extend((f"{PICTURES_2D[picture]}_{quantity}", _gap(data, quantity)) for quantity in gaps)
             continue
         if picture == "curvature":
-            written.append(_save(_convexity(data), target / f"{stem}_{PICTURES_2D[picture]}.{fmt}", force))
+            drawn.append((PICTURES_2D[picture], _convexity(data)))
             continue
         for metric in _metrics(data):
             suffix = "_log" if log and _is_loss(metric) else ""
-            figure = _DRAW_2D[picture](data, metric, style)
-            written.append(_save(figure, target / f"{stem}_{PICTURES_2D[picture]}_{metric}{suffix}.{fmt}", force))
-    return written
+            drawn.append((f"{PICTURES_2D[picture]}_{metric}{suffix}", _DRAW_2D[picture](data, metric, style)))
+    return drawn
 
 
 # ---------------------------------------------------------------- options
@@ -686,4 +695,4 @@ def _save(fig: Figure, out: Path, force: bool) -> Path:
 _MARK_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator"}
 
 
-__all__: Sequence[str] = ("plot_surface", "default_out_dir", "PICTURES", "FORMATS", "describe")
+__all__: Sequence[str] = ("plot_surface", "draw", "default_out_dir", "PICTURES", "FORMATS", "describe")

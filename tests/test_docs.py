@@ -125,3 +125,16 @@ def test_mkdocs_build_strict(tmp_path):
         for flag in flags:
             assert f"<code>{flag}</code>" in cli_html, flag
     assert (site / "figures" / "tutorial_trajectory.png").is_file()
+
+
+def test_the_notebook_page_runs_cell_by_cell(tmp_path, monkeypatch):
+    """docs/notebook.md's ``python`` cells, in order, in one namespace (``py`` cells are shown, not run:
+    they need a cluster's files)."""
+    cells = re.findall(r"^```python\n(.*?)^```", (DOCS / "notebook.md").read_text(), flags=re.S | re.M)
+    assert len(cells) >= 4
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for cell in cells:
+        exec(compile(cell, "docs/notebook.md", "exec"), namespace)  # noqa: S102 - the page's own code
+    assert namespace["surface"].status == "complete" and (tmp_path / "mlp_contour.png").stat().st_size > 0
+    assert 0 < namespace["centre"] < namespace["loss"].max()
