@@ -26,7 +26,7 @@ from .core.samples import Samples, call_model, tensors_sha256, to_device
 from .core.stream import SamplesDataset, StreamedSamples
 from .core.errors import UserError, first_line
 from .engine.runtime import ranks_on_node
-from . import hf, model_folders, text
+from . import hf, hf_dataset, model_folders, text
 
 # --data-placement auto streams a Dataset larger than this share of the available host memory.
 HOST_DATA_FRACTION = 0.5
@@ -58,8 +58,10 @@ def load_problem(config) -> Problem:
     if section.checkpoint is not None:
         load_checkpoint(model, section.checkpoint)
     how = {"placement": config.evaluation.data_placement, "workers": config.evaluation.workers}
-    if text.is_corpus_spec(section.data) or text.is_corpus_spec(section.test_data):
+    specs = (section.data, section.test_data)
+    if any(text.is_corpus_spec(s) for s in specs) or any(hf_dataset.is_dataset_spec(s) for s in specs):
         how["reading"] = _reading(section, model)
+        how["model_folder"] = _folder_facts(section, model)
     splits = {TRAIN: load_data(section.data, section.max_samples, "--data", **how)}
     if section.test_data is not None:
         splits[TEST] = load_data(section.test_data, section.max_test_samples, "--test-data", **how)
@@ -71,8 +73,15 @@ def _reading(section, model: nn.Module) -> text.Reading:
     and the settings; no token may reach past the model's input embedding."""
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     vocabulary = getattr(embedding, "num_embeddings", None)
-    tokenizer = section.tokenizer or str(hf.folder_of(section.model))
+    tokenizer = section.tokenizer or (str(hf.folder_of(section.model)) if hf.is_folder_spec(section.model) else None)
     return text.Reading(tokenizer, section.seq_len, section.text_field, section.cache_dir, vocabulary)
+
+
+def _folder_facts(section, model: nn.Module) -> dict:
+    """What a saved data set's reading takes from the model: its task (None for a model from an import
+    string) and the token id its ragged rows are padded with (the config's ``pad_token_id``, else 0)."""
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    return {"task": section.hf_task if hf.is_folder_spec(section.model) else None, "pad_token_id": pad if isinstance(pad, int) else 0}
 
 
 def fingerprint(problem: Problem) -> dict[str, object]:
@@ -223,7 +232,7 @@ def _first(names: list[str], count: int = 3) -> str:
 
 def load_data(
     spec: str, max_samples: int | None, flag: str = "--data", *, placement: str = "auto", workers: int = 0,
-    reading: text.Reading | None = None,
+    reading: text.Reading | None = None, model_folder: dict | None = None,
 ) -> Samples | StreamedSamples:
     """Call the data factory and return its first ``max_samples`` samples. It may return a ``Dataset``
     whose items are ``(input, target)`` pairs or dicts of tensors (the Hugging Face convention:
@@ -233,11 +242,14 @@ def load_data(
     ``placement`` ``stream`` (or ``auto``, for a Dataset too large for host memory: see
     :func:`streams`) returns :class:`StreamedSamples`, read with ``workers`` loader processes on every
     pass; otherwise the samples are read into memory now. A ``text:PATH`` corpus is read as ``reading``
-    says (:mod:`.text`)."""
+    says (:mod:`.text`), an ``hf-dataset:PATH`` as :mod:`.hf_dataset` says, for the model that
+    ``model_folder`` describes (its ``task`` and ``pad_token_id``)."""
     if text.is_corpus_spec(spec):
-        if reading is None:
+        if reading is None or reading.tokenizer is None or reading.seq_len is None:
             raise UserError(f"{flag} {spec!r}: a text corpus needs a tokenizer and a block length (--tokenizer, --seq-len)")
         data = text.load_blocks(spec, reading, flag)
+    elif hf_dataset.is_dataset_spec(spec):
+        data = hf_dataset.load(spec, flag, reading=reading, **(model_folder or {}))
     else:
         data = _call(spec, flag)
     if isinstance(data, Dataset) and placement in ("auto", "stream"):

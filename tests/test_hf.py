@@ -590,3 +590,111 @@ def test_plane_through_a_fine_tuned_folder_and_an_adapter(lm, tuned, dsurf, tmp_
     assert loss[0, 1] == pytest.approx(merged, rel=1e-6)
     assert [s["role"] for s in surface.frame["sources"]] == ["B", "C"]
     assert all(s["files"] for s in surface.frame["sources"])
+
+
+# ---------------------------------------------------------------- --data hf-dataset: data sets saved by save_to_disk
+
+datasets = pytest.importorskip("datasets")
+NUM_LABELS = 3
+
+
+@pytest.fixture(scope="session")
+def classifier(lm):
+    """``model``: a tiny BERT sequence classifier (3 classes) saved by save_pretrained, with the
+    tokenizer; ``dd``: a DatasetDict (train, test) of its tokenised sentences, of unequal lengths, with
+    a ``label`` column (ClassLabel); ``padded``: the train split padded by hand to equal length, with
+    its attention_mask and token_type_ids and the targets under ``labels``."""
+    root = lm["root"] / "classifier"
+    tokenizer = lm["tokenizer"]
+    torch.manual_seed(3)
+    config = transformers.BertConfig(
+        vocab_size=len(tokenizer) + 4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=POSITIONS, num_labels=NUM_LABELS, pad_token_id=len(tokenizer) + 1,
+    )  # fmt: skip
+    transformers.BertForSequenceClassification(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    sentences = [f"{s} ({i})" for i in range(6) for s in SENTENCES]
+    ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
+    labels = [i % NUM_LABELS for i in range(len(ids))]
+    features = datasets.Features(
+        {"input_ids": datasets.Sequence(datasets.Value("int32")), "label": datasets.ClassLabel(num_classes=NUM_LABELS)}
+    )
+    rows = {"input_ids": ids, "label": labels}
+    whole = datasets.Dataset.from_dict(rows, features=features)
+    dd = datasets.DatasetDict(train=whole.select(range(24)), test=whole.select(range(24, 36)))
+    dd.save_to_disk(root / "dd")
+    width = max(map(len, ids[:24]))
+    padded = datasets.Dataset.from_dict({
+        "input_ids": [row + [0] * (width - len(row)) for row in ids[:24]],
+        "attention_mask": [[1] * len(row) + [0] * (width - len(row)) for row in ids[:24]],
+        "token_type_ids": [[0] * width for _ in ids[:24]],
+        "labels": labels[:24],
+        "idx": list(range(24)),  # (a column the model does not take: left out)
+    })  # fmt: skip
+    padded.save_to_disk(root / "padded")
+    return {"model": root / "model", "dd": root / "dd", "padded": root / "padded", "ids": ids, "labels": labels}
+
+
+def classifier_loss(folder, ids, labels) -> float:
+    """``transformers``' own ``model(**batch).loss`` in float64, each sample alone and unpadded, averaged."""
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).double().eval()
+    with torch.no_grad():
+        losses = [float(model(input_ids=torch.tensor([row]), labels=torch.tensor([label])).loss) for row, label in zip(ids, labels)]
+    return float(np.mean(losses))
+
+
+def test_sequence_classifier_on_a_saved_dataset(classifier, dsurf, tmp_path):
+    model, dd = classifier["model"], classifier["dd"]
+    rc, out, err = dsurf("run", "--model", f"hf:{model}", "--data", f"hf-dataset:{dd / 'train'}",
+                         "--test-data", f"hf-dataset:{dd / 'test'}", *GRID, "--out", "s.h5")  # fmt: skip
+    assert rc == 0, err
+    surface = read_surface(str(tmp_path / "s.h5"))
+    ids, labels = classifier["ids"], classifier["labels"]
+    # The ragged rows were padded (mask 0, the config's pad id): the loss is that of the rows unpadded.
+    assert surface.metrics["train_loss"][1] == pytest.approx(classifier_loss(model, ids[:24], labels[:24]), rel=1e-6)
+    assert surface.metrics["test_loss"][1] == pytest.approx(classifier_loss(model, ids[24:36], labels[24:36]), rel=1e-6)
+    # The same rows padded by hand, with their own mask and token types, give the same surface.
+    rc, out, err = dsurf("run", "--model", f"hf:{model}", "--data", f"hf-dataset:{classifier['padded']}", *GRID, "--out", "p.h5")
+    assert rc == 0, err
+    padded = read_surface(str(tmp_path / "p.h5"))
+    np.testing.assert_allclose(padded.metrics["train_loss"], surface.metrics["train_loss"], rtol=1e-6)
+
+
+def test_causal_lm_on_a_saved_text_column(lm, dsurf, tmp_path):
+    documents = CORPUS.splitlines()
+    datasets.Dataset.from_dict({"body": documents, "n": list(range(len(documents)))}).save_to_disk(tmp_path / "ds")
+    args = ["run", "--model", f"hf:{lm['llama']}", "--data", "hf-dataset:ds", "--text-field", "body", *GRID]
+    rc, out, err = dsurf(*args, "--out", "s.h5")
+    assert rc == 0, err
+    assert err.count("dsurf: tokenised") == 1 and "from cache" not in err
+    blocks = blocks_of(lm["tokenizer"], documents)  # joined with eos, as a corpus's documents
+    assert theta0_loss(tmp_path / "s.h5") == pytest.approx(transformers_loss(lm["llama"], blocks), rel=1e-6)
+    rc, out, err = dsurf(*args, "--out", "t.h5")
+    assert rc == 0 and "from cache" in err and "tokenised" not in err
+    assert theta0_loss(tmp_path / "t.h5") == theta0_loss(tmp_path / "s.h5")
+
+
+def _save(rows: dict):
+    return lambda tmp: datasets.Dataset.from_dict(rows).save_to_disk(tmp / "ds")
+
+
+BAD_DATASETS = {
+    "missing": ("hf-dataset:nothing", None, ["no such folder"]),
+    "not_a_dataset": ("hf-dataset:folder", lambda tmp: (tmp / "folder").mkdir(), ["not a folder saved by datasets"]),
+    "no_column": ("hf-dataset:ds", _save({"body": ["a b c"]}), ["no column 'text'", "'body'"]),
+    "dataset_dict": ("hf-dataset:dd", None, ["DatasetDict", "train, test", "dd/train"]),
+    "ragged_labels": ("hf-dataset:ds", _save({"input_ids": [[1, 2], [3]], "labels": [[1, 2], [3, 4]]}), ["row 1", "'labels'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATASETS))
+def test_bad_saved_dataset(case, lm, classifier, dsurf, tmp_path):
+    data, make, needles = BAD_DATASETS[case]
+    if case == "dataset_dict":
+        shutil.copytree(classifier["dd"], tmp_path / "dd")
+    elif make is not None:
+        make(tmp_path)
+    before = snapshot(tmp_path)
+    rc, out, err = dsurf("run", "--model", f"hf:{lm['llama']}", "--data", data, *GRID, "--out", "bad.h5")
+    assert_one_line_error(rc, out, err, *needles)
+    assert snapshot(tmp_path) == before
