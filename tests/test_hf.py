@@ -698,3 +698,46 @@ def test_bad_saved_dataset(case, lm, classifier, dsurf, tmp_path):
     rc, out, err = dsurf("run", "--model", f"hf:{lm['llama']}", "--data", data, *GRID, "--out", "bad.h5")
     assert_one_line_error(rc, out, err, *needles)
     assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- dsurf info: perplexity of a token loss
+
+
+def _measurement_line(info: str, name: str) -> str:
+    return next(line for line in info.splitlines() if line.strip().startswith(f"{name} "))
+
+
+def _perplexities(line: str) -> list[float]:
+    import re
+
+    return [float(v) for v in re.findall(r"perplexity ([0-9.e+-]+)\)", line)]
+
+
+def test_info_shows_the_perplexity_of_a_token_loss(lm, dsurf, tmp_path):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    rc, out, err = dsurf("run", "--model", f"hf:{lm['llama']}", "--data", "text:corpus.txt", "--test-data", "text:corpus.txt",
+                         "--seq-len", "32", "--x", "-1:1:3", "--y", "-1:1:3", "--no-plot", "--no-progress", "--out", "s.h5")  # fmt: skip
+    assert rc == 0, err
+    rc, info, err = dsurf("info", "s.h5")
+    assert rc == 0, err
+    surface = read_surface(str(tmp_path / "s.h5"))
+    for name in ("train_loss", "test_loss"):
+        values = surface.metrics[name]
+        line = _measurement_line(info, name)
+        at_min, at_theta0 = _perplexities(line)
+        assert at_min == pytest.approx(np.exp(values.min()), rel=1e-5)  # (printed to 6 digits)
+        assert at_theta0 == pytest.approx(np.exp(values[1, 1]), rel=1e-5)
+        assert f"at θ0 {values[1, 1]:.6g}" in line
+    assert "perplexity" not in _measurement_line(info, "train_acc")
+
+
+def test_info_shows_no_perplexity_for_other_losses(classifier, tiny, dsurf, tmp_path):
+    rc, out, err = dsurf("run", "--model", tiny.spec("model"), "--data", tiny.spec("regression_data"), "--loss", "mse",
+                         *GRID, "--out", "mse.h5")  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = dsurf("run", "--model", f"hf:{classifier['model']}", "--data", f"hf-dataset:{classifier['padded']}",
+                         *GRID, "--out", "classifier.h5")  # fmt: skip
+    assert rc == 0, err
+    for path in ("mse.h5", "classifier.h5"):  # (a classifier's cross-entropy is not over tokens)
+        rc, info, err = dsurf("info", path)
+        assert rc == 0 and "train_loss" in info and "(perplexity" not in info, info  # (the tmp path says "perplexity")
