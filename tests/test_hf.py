@@ -354,12 +354,38 @@ def test_mpirun_equals_serial(lm, tmp_path):
     mpi = subprocess.run(["mpirun", "--oversubscribe", "-np", "2", *args, "--out", "mpi.h5"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert mpi.returncode == 0, mpi.stderr
-    assert mpi.stderr.count("text blocks from cache") == 2  # both ranks read the blocks the serial run cached
+    assert mpi.stderr.count("text blocks from cache") == 1  # rank 0 read the blocks the serial run cached, and sent them
+    assert "dsurf: tokenised" not in mpi.stderr
     a, b = read_surface(str(tmp_path / "serial.h5")), read_surface(str(tmp_path / "mpi.h5"))
     np.testing.assert_allclose(b.metrics["train_loss"], a.metrics["train_loss"], rtol=1e-7)
     assert set(b.timings["rank"]) == {0, 1}
     blocks = blocks_of(lm["tokenizer"], [CORPUS])
     assert b.metrics["train_loss"][2] == pytest.approx(transformers_loss(lm["llama"], blocks), rel=1e-6)
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun is not installed")
+def test_mpirun_with_an_unwritable_cache_tokenises_on_rank_0_only(lm, tmp_path):
+    """The cache folder lies under a regular file (unwritable even for root): rank 0 tokenises in memory
+    and sends the blocks; the other rank neither tokenises nor waits for a cache file."""
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONPATH=os.pathsep.join(sys.path))
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    (tmp_path / "a_file").write_text("")
+    args = [sys.executable, "-m", "distributed_surface", "run", "--model", f"hf:{lm['llama']}", "--data", "text:corpus.txt",
+            "--test-data", "text:corpus.txt", "--seq-len", "32", "--cache-dir", "a_file/sub", "--x", "-1:1:5",
+            "--chunk-size", "1", "--no-plot", "--no-progress", "--out", "mpi.h5"]  # fmt: skip
+    mpi = subprocess.run(["timeout", "120", "mpirun", "--oversubscribe", "-np", "2", *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=150)  # fmt: skip
+    assert mpi.returncode == 0, mpi.stderr
+    assert mpi.stderr.count("dsurf: tokenised") == 2  # (rank 0: the train split, then the test split)
+    assert mpi.stderr.count("cannot be cached") == 2 and "from cache" not in mpi.stderr
+    surface = read_surface(str(tmp_path / "mpi.h5"))
+    assert set(surface.timings["rank"]) == {0, 1}  # (rank 1 evaluated with the blocks it was sent)
+    blocks = blocks_of(lm["tokenizer"], [CORPUS], seq_len=32)
+    own = transformers_loss(lm["llama"], blocks)
+    assert surface.metrics["train_loss"][2] == pytest.approx(own, rel=1e-6)
+    assert surface.metrics["test_loss"][2] == pytest.approx(own, rel=1e-6)
+    assert not (tmp_path / "a_file").is_dir()
 
 
 # ---------------------------------------------------------------- --dtype: the weights' dtype in the forward pass
