@@ -31,6 +31,7 @@ HF_TASKS = {
     "image-classification": "AutoModelForImageClassification",
 }
 CAUSAL_LM = "causal-lm"
+MASKED_LM = "masked-lm"
 # The task an architecture's class name ends with (GPT-2's causal LM is GPT2LMHeadModel).
 _ARCHITECTURE_ENDINGS = {
     "ForCausalLM": "causal-lm",

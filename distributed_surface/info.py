@@ -7,8 +7,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from . import hf
 from .core.curves import loss_barriers
-from .core.measurements import ordered
+from .core.measurements import ordered, quantity_of
 from .storage import Status, SurfaceData, read_surface
 from .storage.lock import describe, holder
 
@@ -100,19 +101,54 @@ def _directions(data: SurfaceData) -> list[str]:
 
 
 def _measurements(data: SurfaceData) -> list[str]:
-    """Every stored measurement with the range of its computed values."""
+    """Every stored measurement with the range of its computed values; a language model's token loss
+    also with its perplexity, at the minimum and at θ0 (:func:`has_perplexity`)."""
     lines = ["measurements:"]
     done = data.done.astype(bool)
     width = max((len(name) for name in data.metrics), default=0)
+    perplexity = has_perplexity(data.config)
     for name in ordered(data.metrics):
         values = np.asarray(data.metrics[name])[done]
         finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
         if finite.size:
             extra = f" ({values.size - finite.size} not finite)" if finite.size < values.size else ""
-            lines.append(f"  {name:<{width}}  min {finite.min():.6g}, max {finite.max():.6g}{extra}")
+            if perplexity and quantity_of(name) == "loss":
+                lines.append(f"  {name:<{width}}  min {finite.min():.6g} (perplexity {_exp(finite.min())}), "
+                             f"max {finite.max():.6g}{extra}{_at_theta0(data, name)}")  # fmt: skip
+            else:
+                lines.append(f"  {name:<{width}}  min {finite.min():.6g}, max {finite.max():.6g}{extra}")
         else:
             lines.append(f"  {name:<{width}}  nothing computed yet" if not values.size else f"  {name:<{width}}  no finite value")
     return lines
+
+
+def has_perplexity(config: dict) -> bool:
+    """Whether the file's loss is a language model's mean cross-entropy per token, whose exp is the
+    model's perplexity: ``causal_lm`` (the next token's), or ``cross_entropy`` for a masked LM (the
+    masked tokens'). Not for other losses, nor for a classifier's cross-entropy (its targets are not
+    tokens)."""
+    loss, task = config.get("loss"), config.get("hf_task")
+    return loss == "causal_lm" or (loss == "cross_entropy" and task == hf.MASKED_LM)
+
+
+def _exp(loss: float) -> str:
+    with np.errstate(over="ignore"):
+        return f"{float(np.exp(np.float64(loss))):.6g}"
+
+
+def _at_theta0(data: SurfaceData, name: str) -> str:
+    """``; at θ0 L (perplexity P)`` where the points include θ0 (every offset 0) and it is computed."""
+    if data.points is not None:
+        hits = np.flatnonzero(np.all(np.asarray(data.points) == 0, axis=1))
+        index = (int(hits[0]),) if hits.size else None
+    else:
+        axes = [data.x] if data.y is None else [data.x, data.y]
+        where = [np.flatnonzero(np.asarray(axis) == 0) for axis in axes]
+        index = tuple(int(w[0]) for w in where) if all(w.size for w in where) else None
+    if index is None or not data.done[index]:
+        return ""
+    value = float(np.asarray(data.metrics[name])[index])
+    return f"; at θ0 {value:.6g} (perplexity {_exp(value)})" if np.isfinite(value) else ""
 
 
 def _grid(data: SurfaceData) -> str:

@@ -26,7 +26,7 @@ from .core.samples import Samples, call_model, tensors_sha256, to_device
 from .core.stream import SamplesDataset, StreamedSamples
 from .core.errors import UserError, first_line
 from .engine.runtime import ranks_on_node
-from . import hf, model_folders, text
+from . import hf, hf_dataset, model_folders, text
 
 # --data-placement auto streams a Dataset larger than this share of the available host memory.
 HOST_DATA_FRACTION = 0.5
@@ -37,18 +37,24 @@ STREAM_CHECK_ITEMS = 4
 @dataclass
 class Problem:
     """A model holding θ0, the data of each split (train, and test where given), and the loss;
-    ``weights_files``: a model folder's safetensors files, by name, with their sha256."""
+    ``weights_files``: a model folder's safetensors files, by name, with their sha256; ``made``: the
+    splits whose data was made from files on disk (a tokenised ``text:`` corpus, an ``hf-dataset:``),
+    as the tensors they were made into, by split: what another process may be given rather than make
+    them again (:func:`load_problem`'s ``made``)."""
 
     model: nn.Module
     splits: dict[str, Samples | StreamedSamples]
     loss: Loss
     weights_files: dict[str, str] = field(default_factory=dict)
+    made: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
-def load_problem(config) -> Problem:
+def load_problem(config, made: Mapping[str, dict[str, torch.Tensor]] | None = None) -> Problem:
     """Build the model (with its checkpoint), the data of each split and the loss from ``config`` (a
     :class:`~.config.RunConfig` or :class:`~.config.HessianConfig`: their ``problem`` section, and where
-    the data is kept, from their ``evaluation``)."""
+    the data is kept, from their ``evaluation``). ``made``: the data of splits made from files, as
+    another process made them (its :attr:`Problem.made`), taken as they are: nothing is tokenised or
+    read from a cache for them."""
     section = config.problem
     weights: dict[str, str] = {}
     if hf.is_folder_spec(section.model):
@@ -58,12 +64,34 @@ def load_problem(config) -> Problem:
     if section.checkpoint is not None:
         load_checkpoint(model, section.checkpoint)
     how = {"placement": config.evaluation.data_placement, "workers": config.evaluation.workers}
-    if text.is_corpus_spec(section.data) or text.is_corpus_spec(section.test_data):
-        how["reading"] = _reading(section, model)
-    splits = {TRAIN: load_data(section.data, section.max_samples, "--data", **how)}
+    made = dict(made or {})
+    wanted = {TRAIN: (section.data, section.max_samples, "--data")}
     if section.test_data is not None:
-        splits[TEST] = load_data(section.test_data, section.max_test_samples, "--test-data", **how)
-    return Problem(model=model, splits=splits, loss=resolve_loss(section.loss), weights_files=weights)
+        wanted[TEST] = (section.test_data, section.max_test_samples, "--test-data")
+    splits = {}
+    for split, (spec, most, flag) in wanted.items():
+        if split not in made and is_made_from_files(spec):
+            made[split] = make_data(spec, flag, _reading(section, model), _folder_facts(section, model))
+        splits[split] = load_data(spec, most, flag, **how, made=made.get(split))
+    return Problem(model=model, splits=splits, loss=resolve_loss(section.loss), weights_files=weights,
+                   made={split: made[split] for split in wanted if split in made})  # fmt: skip
+
+
+def is_made_from_files(spec) -> bool:
+    """Whether a data spec is made from files by this package (a ``text:`` corpus, an ``hf-dataset:``),
+    rather than by calling the user's code."""
+    return text.is_corpus_spec(spec) or hf_dataset.is_dataset_spec(spec)
+
+
+def make_data(spec: str, flag: str, reading: text.Reading | None, model_folder: dict | None) -> dict[str, torch.Tensor]:
+    """The tensors (with ``labels``) that a ``text:`` corpus or an ``hf-dataset:`` is made into: a corpus
+    as ``reading`` says (:mod:`.text`), a saved data set for the model ``model_folder`` describes (its
+    ``task`` and ``pad_token_id``: :mod:`.hf_dataset`)."""
+    if text.is_corpus_spec(spec):
+        if reading is None or reading.tokenizer is None or reading.seq_len is None:
+            raise UserError(f"{flag} {spec!r}: a text corpus needs a tokenizer and a block length (--tokenizer, --seq-len)")
+        return text.load_blocks(spec, reading, flag)
+    return hf_dataset.load(spec, flag, reading=reading, **(model_folder or {}))
 
 
 def _reading(section, model: nn.Module) -> text.Reading:
@@ -71,8 +99,15 @@ def _reading(section, model: nn.Module) -> text.Reading:
     and the settings; no token may reach past the model's input embedding."""
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     vocabulary = getattr(embedding, "num_embeddings", None)
-    tokenizer = section.tokenizer or str(hf.folder_of(section.model))
+    tokenizer = section.tokenizer or (str(hf.folder_of(section.model)) if hf.is_folder_spec(section.model) else None)
     return text.Reading(tokenizer, section.seq_len, section.text_field, section.cache_dir, vocabulary)
+
+
+def _folder_facts(section, model: nn.Module) -> dict:
+    """What a saved data set's reading takes from the model: its task (None for a model from an import
+    string) and the token id its ragged rows are padded with (the config's ``pad_token_id``, else 0)."""
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    return {"task": section.hf_task if hf.is_folder_spec(section.model) else None, "pad_token_id": pad if isinstance(pad, int) else 0}
 
 
 def fingerprint(problem: Problem) -> dict[str, object]:
@@ -223,7 +258,7 @@ def _first(names: list[str], count: int = 3) -> str:
 
 def load_data(
     spec: str, max_samples: int | None, flag: str = "--data", *, placement: str = "auto", workers: int = 0,
-    reading: text.Reading | None = None,
+    made: dict[str, torch.Tensor] | None = None,
 ) -> Samples | StreamedSamples:
     """Call the data factory and return its first ``max_samples`` samples. It may return a ``Dataset``
     whose items are ``(input, target)`` pairs or dicts of tensors (the Hugging Face convention:
@@ -232,12 +267,12 @@ def load_data(
 
     ``placement`` ``stream`` (or ``auto``, for a Dataset too large for host memory: see
     :func:`streams`) returns :class:`StreamedSamples`, read with ``workers`` loader processes on every
-    pass; otherwise the samples are read into memory now. A ``text:PATH`` corpus is read as ``reading``
-    says (:mod:`.text`)."""
-    if text.is_corpus_spec(spec):
-        if reading is None:
-            raise UserError(f"{flag} {spec!r}: a text corpus needs a tokenizer and a block length (--tokenizer, --seq-len)")
-        data = text.load_blocks(spec, reading, flag)
+    pass; otherwise the samples are read into memory now. ``made``: the tensors a ``text:`` corpus or an
+    ``hf-dataset:`` was made into (:func:`make_data`), taken in place of calling ``spec``."""
+    if made is not None:
+        data = made
+    elif is_made_from_files(spec):
+        raise UserError(f"{flag} {spec!r}: a corpus or saved data set is made by load_problem, not called")
     else:
         data = _call(spec, flag)
     if isinstance(data, Dataset) and placement in ("auto", "stream"):

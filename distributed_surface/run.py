@@ -135,7 +135,7 @@ class SurfaceJob:
         shared = {"prints": prints, "directions": [{k: v.numpy() for k, v in d.items()} for d in directions]}
         local = Loaded(problem, device, directions, evaluator)
         return Setup(done=done, start=time.time(), grid=layout, path=path, replaces=replaces, created=not resuming,
-                     shared=shared, local=local)  # fmt: skip
+                     shared=shared, arrays=made_arrays(problem), local=local)  # fmt: skip
 
     def close(self) -> None:
         """Give back the file's lock (rank 0, once the file is closed)."""
@@ -145,13 +145,14 @@ class SurfaceJob:
             self._lock = None
 
     def worker(self, setup: Setup, *, local_rank: int, root: bool) -> Worker:
-        """This rank's evaluator: rank 0's from ``prepare``; elsewhere loaded here and checked to hold the
-        same θ0 and data as rank 0's."""
+        """This rank's evaluator: rank 0's from ``prepare``; elsewhere loaded here (the data rank 0 made
+        from files, a tokenised corpus, taken from ``setup.arrays``, not made again) and checked to hold
+        the same θ0 and data as rank 0's."""
         loaded = setup.local if root else None
         if loaded is None:
             config = self.config
             device = resolve_device(config.evaluation.device, local_rank)
-            problem = load_problem(config)
+            problem = load_problem(config, made=made_tensors(setup.arrays))
             if fingerprint(problem) != setup.shared["prints"]:
                 raise UserError("loaded other weights or data than rank 0 (is the checkpoint or data set the same?)")
             directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in setup.shared["directions"]]
@@ -159,6 +160,21 @@ class SurfaceJob:
         evaluator = loaded.evaluator
         return Worker(evaluate=_naming_failures(evaluator), device=str(loaded.device), plan=describe_plan(evaluator),
                       placement=evaluator.placement)  # fmt: skip
+
+
+def made_arrays(problem: Problem) -> dict[str, np.ndarray]:
+    """The data rank 0 made from files (:attr:`Problem.made`), as ``{"split/name": array}``: what the
+    other ranks are sent (``Setup.arrays``)."""
+    return {f"{split}/{name}": tensor.numpy() for split, tensors in problem.made.items() for name, tensor in tensors.items()}
+
+
+def made_tensors(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, torch.Tensor]]:
+    """:func:`made_arrays` undone: ``{split: {name: tensor}}``."""
+    made: dict[str, dict[str, torch.Tensor]] = {}
+    for key, array in arrays.items():
+        split, _, name = key.partition("/")
+        made.setdefault(split, {})[name] = torch.from_numpy(array)
+    return made
 
 
 def run(

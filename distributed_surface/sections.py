@@ -71,12 +71,13 @@ class Problem:
         help="a state_dict, or a dict holding one under 'state_dict' or 'model'; or a save_pretrained folder or a PEFT adapter folder",
     )
     data: str = setting(
-        EXAMPLE_DATA, metavar="IMPORT|text:PATH", identity=True, check=text(),
-        help="callable returning a Dataset or an (inputs, targets) pair of tensors, or text:PATH, a .txt or "
-        ".jsonl corpus (or a folder of them) cut into blocks of tokens for a causal LM",
+        EXAMPLE_DATA, metavar="IMPORT|text:PATH|hf-dataset:PATH", identity=True, check=text(),
+        help="callable returning a Dataset or an (inputs, targets) pair of tensors; text:PATH, a .txt or "
+        ".jsonl corpus (or a folder of them) cut into blocks of tokens for a causal LM; or hf-dataset:PATH, a "
+        "Dataset saved by datasets' save_to_disk (tokenised columns as they are, or a text column cut into blocks)",
     )  # fmt: skip
     test_data: str | None = setting(
-        metavar="IMPORT|text:PATH", identity=True, check=text("import string"),
+        metavar="IMPORT|text:PATH|hf-dataset:PATH", identity=True, check=text("import string"),
         help="a test split, evaluated on the same weights at every point (test_loss, test_acc)",
     )  # fmt: skip
     loss: str = setting(
@@ -100,10 +101,10 @@ class Problem:
     # Text corpora (--data text:PATH, text.py). The tokenizer's folder is not identity, its content is:
     # it decides the blocks, whose sha256 is in the fingerprint; the cache's folder decides nothing.
     tokenizer: str | None = setting(
-        metavar="DIR", check=text(), help="with --data text:PATH: the tokenizer's folder (default: the hf: model folder's)"
+        metavar="DIR", check=text(), help="with --data text:PATH (or a saved data set's text column): the tokenizer's folder (default: the hf: model folder's)"
     )
     text_field: str = setting(
-        "text", metavar="NAME", identity=True, check=text(), help="with a .jsonl corpus: each line's field of text (default text)"
+        "text", metavar="NAME", identity=True, check=text(), help="with a .jsonl corpus: each line's field of text; with hf-dataset:PATH: the text column (default text)"
     )
     seq_len: int | None = setting(
         type=int, metavar="N", identity=True, check=all_of(positive, _two_tokens),

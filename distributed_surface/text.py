@@ -27,6 +27,9 @@ from .core.errors import UserError, first_line
 from .storage.atomic import publish, remove, temporary_path
 
 PREFIX = "text:"
+# A saved data set's prefix (:mod:`.hf_dataset`, which builds on this module, reads them; its text
+# column takes the settings below too).
+DATASET_PREFIX = "hf-dataset:"
 SUFFIXES = (".txt", ".jsonl")
 # Raised when the blocks' layout changes, so that no older cache is read as a newer one.
 # (2: the tokenizer's own tokenizer_config.json enters the key; version 1 left it out.)
@@ -55,17 +58,26 @@ class Reading:
     vocabulary: int | None = None
 
 
+def _reads_text(spec) -> bool:
+    """Whether a data spec may be read through a tokenizer: a corpus, or a saved data set (whose text
+    column, if it has one, is)."""
+    return is_corpus_spec(spec) or (isinstance(spec, str) and spec.startswith(DATASET_PREFIX))
+
+
 def check_settings(problem) -> None:
-    """Refuse the text settings where no ``text:`` data reads them, ``text:`` data for a model that is not
-    a causal LM, and ``text:`` data with nothing to say its tokenizer or block length."""
-    corpora = [spec for spec in (problem.data, problem.test_data) if is_corpus_spec(spec)]
-    if not corpora:
+    """Refuse the text settings where no ``text:`` (or ``hf-dataset:``) data reads them, ``text:`` data
+    for a model that is not a causal LM, and ``text:`` data with nothing to say its tokenizer or block
+    length."""
+    if not any(_reads_text(spec) for spec in (problem.data, problem.test_data)):
         for name in ("tokenizer", "seq_len", "cache_dir"):
             if getattr(problem, name) is not None:
-                raise UserError(f"--{name.replace('_', '-')} needs --data text:PATH (a text corpus)")
+                raise UserError(f"--{name.replace('_', '-')} needs --data text:PATH (a text corpus) or hf-dataset:PATH")
         if problem.text_field != "text":
-            raise UserError("--text-field needs --data text:PATH (a .jsonl corpus)")
+            raise UserError("--text-field needs --data text:PATH (a .jsonl corpus) or hf-dataset:PATH")
         return
+    corpora = [spec for spec in (problem.data, problem.test_data) if is_corpus_spec(spec)]
+    if not corpora:
+        return  # (a saved data set's columns, read when it is loaded, say whether it needs these)
     folder = hf.is_folder_spec(problem.model)
     if folder and problem.hf_task != hf.CAUSAL_LM:
         raise UserError(
@@ -79,9 +91,14 @@ def check_settings(problem) -> None:
 
 
 def implied(given: dict) -> dict:
-    """``--seq-len`` where a model folder's corpus does not give it: the model's maximum positions, at
-    most :data:`~.hf.MAX_DEFAULT_POSITIONS`; a given one is refused above that maximum."""
-    if not hf.is_folder_spec(given.get("model")) or not any(is_corpus_spec(given.get(k)) for k in ("data", "test_data")):
+    """``--seq-len`` where a model folder's corpus (or a causal LM's saved data set, which may hold text)
+    does not give it: the model's maximum positions, at most :data:`~.hf.MAX_DEFAULT_POSITIONS`; a given
+    one is refused above that maximum."""
+    specs = [given.get(k) for k in ("data", "test_data")]
+    reads = any(is_corpus_spec(s) for s in specs) or (
+        given.get("hf_task") == hf.CAUSAL_LM and any(_reads_text(s) for s in specs)
+    )
+    if not hf.is_folder_spec(given.get("model")) or not reads:
         return given
     spec = given["model"]
     most = hf.max_positions(hf.read_config(spec))
@@ -131,9 +148,17 @@ def cache_key(root: Path, files: list[Path], tokenizer: Path, reading: Reading) 
 def load_blocks(spec: str, reading: Reading, flag: str = "--data") -> dict[str, "torch.Tensor"]:  # noqa: F821
     """The corpus ``text:PATH`` as ``{"input_ids": blocks, "labels": blocks}`` (int64, ``(N, seq_len)``),
     from the cache where it holds them."""
+    root, files = corpus_files(spec, flag)
+    return blocks_of(root, files, lambda: _documents(files, reading.text_field, flag, spec), reading, spec, flag)
+
+
+def blocks_of(root: Path, files: list[Path], documents, reading: Reading, spec: str, flag: str) -> dict[str, "torch.Tensor"]:  # noqa: F821
+    """The blocks of the documents that ``documents()`` yields (text read from ``files``, under
+    ``root``: a corpus, or a saved data set's text column), as ``{"input_ids", "labels"}``: read from the
+    cache (keyed by ``files``' bytes, the tokenizer and ``reading``), else tokenised, joined with
+    end-of-text, cut into blocks, and cached."""
     import torch
 
-    root, files = corpus_files(spec, flag)
     tokenizer_folder = Path(reading.tokenizer)
     if not tokenizer_folder.is_dir():
         raise UserError(f"--tokenizer {reading.tokenizer!r}: no such folder (a tokenizer saved by save_pretrained)")
@@ -144,13 +169,16 @@ def load_blocks(spec: str, reading: Reading, flag: str = "--data") -> dict[str, 
     cache = Path(reading.cache_dir) if reading.cache_dir is not None else root.parent
     cached = cache / f"{root.name}.dsurf-blocks-{key[:20]}.npy"
     blocks = _read_cache(cached)
-    if blocks is not None:
-        print(f"dsurf: text blocks from cache {cached}", file=sys.stderr)
-    else:
-        blocks = _tokenise(spec, root, files, reading, flag)
-        _write_cache(cached, blocks)
+    fresh = blocks is None
+    if fresh:
+        blocks = _tokenise(spec, documents(), reading, flag)
     if reading.vocabulary is not None and blocks.size and int(blocks.max()) >= reading.vocabulary:
         raise UserError(f"{flag} {spec!r}: token {int(blocks.max())} is beyond the model's embedding ({reading.vocabulary} tokens)")
+    if fresh:
+        print(f"dsurf: tokenised {spec}: {len(blocks)} blocks of {reading.seq_len} tokens", file=sys.stderr)
+        _write_cache(cached, blocks)
+    else:
+        print(f"dsurf: text blocks from cache {cached}", file=sys.stderr)
     tokens = torch.from_numpy(blocks.astype(np.int64))
     return {"input_ids": tokens, "labels": tokens.clone()}
 
@@ -213,7 +241,7 @@ def load_tokenizer(folder: str):
             raise UserError(f"the tokenizer folder {folder!r}: no tokenizer can be loaded from it: {first_line(exc)}") from None
 
 
-def _tokenise(spec: str, root: Path, files: list[Path], reading: Reading, flag: str) -> np.ndarray:
+def _tokenise(spec: str, documents, reading: Reading, flag: str) -> np.ndarray:
     tokenizer = load_tokenizer(reading.tokenizer)
     if tokenizer.eos_token_id is None:
         raise UserError(f"the tokenizer {reading.tokenizer!r} has no end-of-text (eos) token to join documents with")
@@ -223,7 +251,7 @@ def _tokenise(spec: str, root: Path, files: list[Path], reading: Reading, flag: 
             f"embedding ({reading.vocabulary})"
         )
     tokens: list[int] = []
-    for document in _documents(files, reading.text_field, flag, spec):
+    for document in documents:
         if tokens:
             tokens.append(tokenizer.eos_token_id)
         tokens.extend(tokenizer(document, add_special_tokens=False)["input_ids"])

@@ -354,12 +354,38 @@ def test_mpirun_equals_serial(lm, tmp_path):
     mpi = subprocess.run(["mpirun", "--oversubscribe", "-np", "2", *args, "--out", "mpi.h5"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert mpi.returncode == 0, mpi.stderr
-    assert mpi.stderr.count("text blocks from cache") == 2  # both ranks read the blocks the serial run cached
+    assert mpi.stderr.count("text blocks from cache") == 1  # rank 0 read the blocks the serial run cached, and sent them
+    assert "dsurf: tokenised" not in mpi.stderr
     a, b = read_surface(str(tmp_path / "serial.h5")), read_surface(str(tmp_path / "mpi.h5"))
     np.testing.assert_allclose(b.metrics["train_loss"], a.metrics["train_loss"], rtol=1e-7)
     assert set(b.timings["rank"]) == {0, 1}
     blocks = blocks_of(lm["tokenizer"], [CORPUS])
     assert b.metrics["train_loss"][2] == pytest.approx(transformers_loss(lm["llama"], blocks), rel=1e-6)
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun is not installed")
+def test_mpirun_with_an_unwritable_cache_tokenises_on_rank_0_only(lm, tmp_path):
+    """The cache folder lies under a regular file (unwritable even for root): rank 0 tokenises in memory
+    and sends the blocks; the other rank neither tokenises nor waits for a cache file."""
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONPATH=os.pathsep.join(sys.path))
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    (tmp_path / "a_file").write_text("")
+    args = [sys.executable, "-m", "distributed_surface", "run", "--model", f"hf:{lm['llama']}", "--data", "text:corpus.txt",
+            "--test-data", "text:corpus.txt", "--seq-len", "32", "--cache-dir", "a_file/sub", "--x", "-1:1:5",
+            "--chunk-size", "1", "--no-plot", "--no-progress", "--out", "mpi.h5"]  # fmt: skip
+    mpi = subprocess.run(["timeout", "120", "mpirun", "--oversubscribe", "-np", "2", *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=150)  # fmt: skip
+    assert mpi.returncode == 0, mpi.stderr
+    assert mpi.stderr.count("dsurf: tokenised") == 2  # (rank 0: the train split, then the test split)
+    assert mpi.stderr.count("cannot be cached") == 2 and "from cache" not in mpi.stderr
+    surface = read_surface(str(tmp_path / "mpi.h5"))
+    assert set(surface.timings["rank"]) == {0, 1}  # (rank 1 evaluated with the blocks it was sent)
+    blocks = blocks_of(lm["tokenizer"], [CORPUS], seq_len=32)
+    own = transformers_loss(lm["llama"], blocks)
+    assert surface.metrics["train_loss"][2] == pytest.approx(own, rel=1e-6)
+    assert surface.metrics["test_loss"][2] == pytest.approx(own, rel=1e-6)
+    assert not (tmp_path / "a_file").is_dir()
 
 
 # ---------------------------------------------------------------- --dtype: the weights' dtype in the forward pass
@@ -590,3 +616,154 @@ def test_plane_through_a_fine_tuned_folder_and_an_adapter(lm, tuned, dsurf, tmp_
     assert loss[0, 1] == pytest.approx(merged, rel=1e-6)
     assert [s["role"] for s in surface.frame["sources"]] == ["B", "C"]
     assert all(s["files"] for s in surface.frame["sources"])
+
+
+# ---------------------------------------------------------------- --data hf-dataset: data sets saved by save_to_disk
+
+datasets = pytest.importorskip("datasets")
+NUM_LABELS = 3
+
+
+@pytest.fixture(scope="session")
+def classifier(lm):
+    """``model``: a tiny BERT sequence classifier (3 classes) saved by save_pretrained, with the
+    tokenizer; ``dd``: a DatasetDict (train, test) of its tokenised sentences, of unequal lengths, with
+    a ``label`` column (ClassLabel); ``padded``: the train split padded by hand to equal length, with
+    its attention_mask and token_type_ids and the targets under ``labels``."""
+    root = lm["root"] / "classifier"
+    tokenizer = lm["tokenizer"]
+    torch.manual_seed(3)
+    config = transformers.BertConfig(
+        vocab_size=len(tokenizer) + 4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=POSITIONS, num_labels=NUM_LABELS, pad_token_id=len(tokenizer) + 1,
+    )  # fmt: skip
+    transformers.BertForSequenceClassification(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    sentences = [f"{s} ({i})" for i in range(6) for s in SENTENCES]
+    ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
+    labels = [i % NUM_LABELS for i in range(len(ids))]
+    features = datasets.Features(
+        {"input_ids": datasets.Sequence(datasets.Value("int32")), "label": datasets.ClassLabel(num_classes=NUM_LABELS)}
+    )
+    rows = {"input_ids": ids, "label": labels}
+    whole = datasets.Dataset.from_dict(rows, features=features)
+    dd = datasets.DatasetDict(train=whole.select(range(24)), test=whole.select(range(24, 36)))
+    dd.save_to_disk(root / "dd")
+    width = max(map(len, ids[:24]))
+    padded = datasets.Dataset.from_dict({
+        "input_ids": [row + [0] * (width - len(row)) for row in ids[:24]],
+        "attention_mask": [[1] * len(row) + [0] * (width - len(row)) for row in ids[:24]],
+        "token_type_ids": [[0] * width for _ in ids[:24]],
+        "labels": labels[:24],
+        "idx": list(range(24)),  # (a column the model does not take: left out)
+    })  # fmt: skip
+    padded.save_to_disk(root / "padded")
+    return {"model": root / "model", "dd": root / "dd", "padded": root / "padded", "ids": ids, "labels": labels}
+
+
+def classifier_loss(folder, ids, labels) -> float:
+    """``transformers``' own ``model(**batch).loss`` in float64, each sample alone and unpadded, averaged."""
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).double().eval()
+    with torch.no_grad():
+        losses = [float(model(input_ids=torch.tensor([row]), labels=torch.tensor([label])).loss) for row, label in zip(ids, labels)]
+    return float(np.mean(losses))
+
+
+def test_sequence_classifier_on_a_saved_dataset(classifier, dsurf, tmp_path):
+    model, dd = classifier["model"], classifier["dd"]
+    rc, out, err = dsurf("run", "--model", f"hf:{model}", "--data", f"hf-dataset:{dd / 'train'}",
+                         "--test-data", f"hf-dataset:{dd / 'test'}", *GRID, "--out", "s.h5")  # fmt: skip
+    assert rc == 0, err
+    surface = read_surface(str(tmp_path / "s.h5"))
+    ids, labels = classifier["ids"], classifier["labels"]
+    # The ragged rows were padded (mask 0, the config's pad id): the loss is that of the rows unpadded.
+    assert surface.metrics["train_loss"][1] == pytest.approx(classifier_loss(model, ids[:24], labels[:24]), rel=1e-6)
+    assert surface.metrics["test_loss"][1] == pytest.approx(classifier_loss(model, ids[24:36], labels[24:36]), rel=1e-6)
+    # The same rows padded by hand, with their own mask and token types, give the same surface.
+    rc, out, err = dsurf("run", "--model", f"hf:{model}", "--data", f"hf-dataset:{classifier['padded']}", *GRID, "--out", "p.h5")
+    assert rc == 0, err
+    padded = read_surface(str(tmp_path / "p.h5"))
+    np.testing.assert_allclose(padded.metrics["train_loss"], surface.metrics["train_loss"], rtol=1e-6)
+
+
+def test_causal_lm_on_a_saved_text_column(lm, dsurf, tmp_path):
+    documents = CORPUS.splitlines()
+    datasets.Dataset.from_dict({"body": documents, "n": list(range(len(documents)))}).save_to_disk(tmp_path / "ds")
+    args = ["run", "--model", f"hf:{lm['llama']}", "--data", "hf-dataset:ds", "--text-field", "body", *GRID]
+    rc, out, err = dsurf(*args, "--out", "s.h5")
+    assert rc == 0, err
+    assert err.count("dsurf: tokenised") == 1 and "from cache" not in err
+    blocks = blocks_of(lm["tokenizer"], documents)  # joined with eos, as a corpus's documents
+    assert theta0_loss(tmp_path / "s.h5") == pytest.approx(transformers_loss(lm["llama"], blocks), rel=1e-6)
+    rc, out, err = dsurf(*args, "--out", "t.h5")
+    assert rc == 0 and "from cache" in err and "tokenised" not in err
+    assert theta0_loss(tmp_path / "t.h5") == theta0_loss(tmp_path / "s.h5")
+
+
+def _save(rows: dict):
+    return lambda tmp: datasets.Dataset.from_dict(rows).save_to_disk(tmp / "ds")
+
+
+BAD_DATASETS = {
+    "missing": ("hf-dataset:nothing", None, ["no such folder"]),
+    "not_a_dataset": ("hf-dataset:folder", lambda tmp: (tmp / "folder").mkdir(), ["not a folder saved by datasets"]),
+    "no_column": ("hf-dataset:ds", _save({"body": ["a b c"]}), ["no column 'text'", "'body'"]),
+    "dataset_dict": ("hf-dataset:dd", None, ["DatasetDict", "train, test", "dd/train"]),
+    "ragged_labels": ("hf-dataset:ds", _save({"input_ids": [[1, 2], [3]], "labels": [[1, 2], [3, 4]]}), ["row 1", "'labels'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATASETS))
+def test_bad_saved_dataset(case, lm, classifier, dsurf, tmp_path):
+    data, make, needles = BAD_DATASETS[case]
+    if case == "dataset_dict":
+        shutil.copytree(classifier["dd"], tmp_path / "dd")
+    elif make is not None:
+        make(tmp_path)
+    before = snapshot(tmp_path)
+    rc, out, err = dsurf("run", "--model", f"hf:{lm['llama']}", "--data", data, *GRID, "--out", "bad.h5")
+    assert_one_line_error(rc, out, err, *needles)
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------- dsurf info: perplexity of a token loss
+
+
+def _measurement_line(info: str, name: str) -> str:
+    return next(line for line in info.splitlines() if line.strip().startswith(f"{name} "))
+
+
+def _perplexities(line: str) -> list[float]:
+    import re
+
+    return [float(v) for v in re.findall(r"perplexity ([0-9.e+-]+)\)", line)]
+
+
+def test_info_shows_the_perplexity_of_a_token_loss(lm, dsurf, tmp_path):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    rc, out, err = dsurf("run", "--model", f"hf:{lm['llama']}", "--data", "text:corpus.txt", "--test-data", "text:corpus.txt",
+                         "--seq-len", "32", "--x", "-1:1:3", "--y", "-1:1:3", "--no-plot", "--no-progress", "--out", "s.h5")  # fmt: skip
+    assert rc == 0, err
+    rc, info, err = dsurf("info", "s.h5")
+    assert rc == 0, err
+    surface = read_surface(str(tmp_path / "s.h5"))
+    for name in ("train_loss", "test_loss"):
+        values = surface.metrics[name]
+        line = _measurement_line(info, name)
+        at_min, at_theta0 = _perplexities(line)
+        assert at_min == pytest.approx(np.exp(values.min()), rel=1e-5)  # (printed to 6 digits)
+        assert at_theta0 == pytest.approx(np.exp(values[1, 1]), rel=1e-5)
+        assert f"at θ0 {values[1, 1]:.6g}" in line
+    assert "perplexity" not in _measurement_line(info, "train_acc")
+
+
+def test_info_shows_no_perplexity_for_other_losses(classifier, tiny, dsurf, tmp_path):
+    rc, out, err = dsurf("run", "--model", tiny.spec("model"), "--data", tiny.spec("regression_data"), "--loss", "mse",
+                         *GRID, "--out", "mse.h5")  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = dsurf("run", "--model", f"hf:{classifier['model']}", "--data", f"hf-dataset:{classifier['padded']}",
+                         *GRID, "--out", "classifier.h5")  # fmt: skip
+    assert rc == 0, err
+    for path in ("mse.h5", "classifier.h5"):  # (a classifier's cross-entropy is not over tokens)
+        rc, info, err = dsurf("info", path)
+        assert rc == 0 and "train_loss" in info and "(perplexity" not in info, info  # (the tmp path says "perplexity")

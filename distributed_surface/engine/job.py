@@ -10,7 +10,7 @@ of :class:`Job`; ``distributed_surface.run.SurfaceJob`` is the one ``dsurf run``
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -26,8 +26,10 @@ class Setup:
     """What rank 0's ``prepare`` leaves for the run: the file's done mask when the run starts, the
     time it started, the file to write (and the one it is to replace, where it is built beside it),
     whatever the job's workers on other ranks need from rank 0 (``shared``: picklable,
-    it is broadcast), and what rank 0's own worker may reuse (``local``: never sent; dropped where rank
-    0 only coordinates, to free its memory)."""
+    it is broadcast; ``arrays``: numpy arrays, made once by rank 0 and sent to every other rank as raw
+    buffers, not pickled, however large: e.g. a tokenised corpus, so that no other rank makes it again
+    or waits for a file it cannot see), and what rank 0's own worker may reuse (``local``: never sent;
+    dropped where rank 0 only coordinates, to free its memory)."""
 
     done: np.ndarray
     start: float
@@ -36,9 +38,11 @@ class Setup:
     replaces: str | None = None  # the file it replaces once it holds a chunk (--overwrite), if any
     created: bool = False  # whether this run made the file (it may then remove it, where it fails at once)
     shared: object = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
     local: object = None
 
     def for_others(self) -> "Setup":
+        """What the other ranks are sent, ``arrays`` excepted (the engine sends them on their own)."""
         return Setup(self.done, self.start, self.grid, self.path, self.replaces, self.created, self.shared)
 
 

@@ -46,6 +46,8 @@ TAG_ASSIGN = 12  # coordinator -> worker: the point indices of the next chunk, o
 # while no worker asks (benchmarks/results/scaling_cpu.md).
 POLL_MIN_SECONDS = 0.001
 POLL_MAX_SECONDS = 0.008
+# The largest piece of an array one broadcast sends (1 GiB: below the 2**31 - 1 elements of an MPI count).
+BROADCAST_PIECE_BYTES = 1 << 30
 
 
 def run_distributed(
@@ -91,10 +93,12 @@ def _run_distributed(job: Job, *, chunk_size: int | None, rank0: str, progress: 
             error = str(exc)
     error, shared = comm.bcast((error, setup.for_others() if setup else None), root=0)
     raise_collectively(rank, error)
+    arrays = broadcast_arrays(comm, setup.arrays if rank == 0 else None)
     if rank != 0:
         setup = shared
+        setup.arrays = arrays
     elif not rank0_works:
-        setup.local = None  # (frees rank 0's evaluator: it only coordinates)
+        setup.local, setup.arrays = None, {}  # (frees rank 0's evaluator and data: it only coordinates)
     try:
         return _compute(job, setup, comm, node, mode=mode, rank0_works=rank0_works, chunk_size=chunk_size,
                         progress=progress, stop=stop, threads=threads)  # fmt: skip
@@ -182,6 +186,24 @@ def _compute(job: Job, setup, comm, node, *, mode: str, rank0_works: bool, chunk
             raise UserError(failure)
         raise SystemExit(2)
     return status
+
+
+def broadcast_arrays(comm: MPI.Comm, arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Rank 0's ``arrays`` on every rank: their names, shapes and dtypes pickled, their bytes sent as
+    buffers in pieces of at most ``BROADCAST_PIECE_BYTES`` (an MPI count is a C int), never pickled."""
+    if comm.Get_rank() == 0:
+        arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+        layout = {name: (a.shape, a.dtype.str) for name, a in arrays.items()}
+    else:
+        layout = None
+    layout = comm.bcast(layout, root=0)
+    if comm.Get_rank() != 0:
+        arrays = {name: np.empty(shape, dtype=np.dtype(dtype)) for name, (shape, dtype) in layout.items()}
+    for name in layout:
+        data = arrays[name].reshape(-1).view(np.uint8)
+        for start in range(0, data.size, BROADCAST_PIECE_BYTES):
+            comm.Bcast([data[start : start + BROADCAST_PIECE_BYTES], MPI.BYTE], root=0)
+    return arrays
 
 
 class World:
