@@ -33,12 +33,14 @@ def made(tmp_path_factory):
         assert cli.main(["run", "--x=-1:1:5", "--y=-1:1:5", "--out", "s2.h5", *common]) == 0
         test = ["--test-data", "distributed_surface.example:digits_test_data", "--max-test-samples", str(SAMPLES)]
         assert cli.main(["run", "--x=-1:1:5", "--out", "s1.h5", *test, *common]) == 0
+        small = ["--top-k", "2", "--trace-probes", "2", "--density-probes", "1", "--lanczos-steps", "8"]
+        assert cli.main(["hessian", "--max-samples", "50", *small, "--out", "h.h5", "--no-plot", "--no-progress"]) == 0
     return root
 
 
 @pytest.fixture
 def files(made, tmp_path):
-    return {name: Path(shutil.copy(made / f"{name}.h5", tmp_path / f"{name}.h5")) for name in ("s2", "s1")}
+    return {name: Path(shutil.copy(made / f"{name}.h5", tmp_path / f"{name}.h5")) for name in ("s2", "s1", "h")}
 
 
 def plot_data(page: str, div_id: str) -> list[dict]:
@@ -117,6 +119,20 @@ def test_hessian_maps_when_measured(dsurf, files, tmp_path):
     maps = plot_data((tmp_path / "r.html").read_text(), "surface-0-hessian")
     assert [t["name"] for t in maps] == ["λmax", "λmin", "|λmin / λmax|"]
     np.testing.assert_allclose(decoded(maps[2]["z"]), 0.1)
+
+
+def test_a_spectrum_file_adds_its_spectrum(dsurf, files, tmp_path):
+    from distributed_surface.storage import read_spectrum
+
+    rc, out, err = dsurf("report", "s2.h5", "h.h5", "--out", "r.html")
+    assert rc == 0 and err == "", err
+    page = (tmp_path / "r.html").read_text()
+    spectrum = read_spectrum(str(files["h"]))
+    (density,) = plot_data(page, "spectrum-1")
+    np.testing.assert_array_equal(decoded(density["x"]), spectrum.density_grid)
+    assert json.dumps(f"λmax {spectrum.eigenvalues[0]:.4g}")[1:-1] in page  # the plot's title (JSON in the page)
+    assert "top eigenvalues: " + ", ".join(f"{v:.6g}" for v in spectrum.eigenvalues) in page  # dsurf info's text
+    assert_one_line_error(*dsurf("compare", "s2.h5", "h.h5"), "h.h5", "Hessian spectrum file, not a surface")
 
 
 def test_bad_input_gets_one_line(dsurf, files, tmp_path):
