@@ -195,18 +195,39 @@ def _contour(data: SurfaceData, metric: str):
     import plotly.graph_objects as go
 
     ax, ay = _axis_titles(data)
+    z = _grid_values(data, metric)
     figure = go.Figure(go.Contour(
-        x=data.x, y=data.y, z=_grid_values(data, metric), colorscale="Viridis_r" if quantity_of(metric) == "acc" else "Viridis",
-        contours=dict(showlabels=True), colorbar=dict(title=dict(text=_words(metric))), connectgaps=False,
+        x=data.x, y=data.y, z=z, colorscale="Viridis_r" if quantity_of(metric) == "acc" else "Viridis",
+        contours=_levels(metric, z), colorbar=dict(title=dict(text=_words(metric))), connectgaps=False,
         hovertemplate=f"x %{{x:.4g}}<br>y %{{y:.4g}}<br>{_words(metric)} %{{z:.6g}}<extra></extra>", name=_words(metric),
     ))  # fmt: skip
     for trace in _marks(data):
         figure.add_trace(trace)
     figure.update_layout(
-        title=f"{_words(metric)}: contour map", height=560, xaxis_title=ax, yaxis_title=ay,
+        title=f"{_words(metric)}: contour map", height=560, xaxis=dict(title=ax, constrain="domain"), yaxis_title=ay,
         yaxis=dict(scaleanchor="x", scaleratio=1), legend=dict(orientation="h", y=-0.15),
     )  # fmt: skip
     return figure
+
+
+# As in the pictures: about 20 contour levels, the loss's capped at the paper's 10 (beyond it the model
+# has blown up, and levels there hide the basin). The values themselves stay the file's.
+LOSS_CAP = 10.0
+LEVELS = 20
+
+
+def _levels(metric: str, z: np.ndarray) -> dict:
+    """Plotly's contours: labelled lines from the smallest value to the largest (a loss: to at most
+    :data:`LOSS_CAP`), about :data:`LEVELS` of them."""
+    finite = z[np.isfinite(z)]
+    if not finite.size:
+        return dict(showlabels=True)
+    low, high = float(finite.min()), float(finite.max())
+    if quantity_of(metric) == "loss" and low < LOSS_CAP < high:
+        high = LOSS_CAP
+    if not high > low:
+        return dict(showlabels=True)
+    return dict(showlabels=True, start=low, end=high, size=(high - low) / LEVELS, coloring="heatmap")
 
 
 # θ0 keeps a star; the checkpoints their own colour each (as in the pictures).
