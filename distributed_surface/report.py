@@ -50,6 +50,7 @@ def write_report(paths: Sequence[str], out: str | None = None, *, force: bool = 
     paths = [str(p) for p in paths]
     if not paths:
         raise UserError("dsurf report needs a surface file")
+    _check_plotly()
     target = Path(out) if out else default_out(paths[0])
     check_target(target, flag="--out")
     check_replaceable(target, ours=carries_mark, force=force, who=WHO, flag="--out")
@@ -68,6 +69,13 @@ def write_report(paths: Sequence[str], out: str | None = None, *, force: bool = 
     page = _page(paths, parts)
     return write_atomically(target, lambda temporary: temporary.write_text(page, encoding="utf-8"), ours=carries_mark,
                             force=force, who=WHO, flag="--out")  # fmt: skip
+
+
+def _check_plotly() -> None:
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise UserError("dsurf report needs plotly: pip install plotly (launch/setup.sh installs it)") from None
 
 
 # ---------------------------------------------------------------- the page

@@ -152,6 +152,13 @@ def test_bad_input_gets_one_line(dsurf, files, tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
+def test_without_plotly_one_line(dsurf, files, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "plotly", None)  # (import plotly then raises ImportError)
+    assert_one_line_error(*dsurf("report", "s2.h5", "--out", "r.html"), "needs plotly")
+
+
 def test_a_report_replaces_its_own_file(dsurf, files, tmp_path):
     assert dsurf("report", "s2.h5")[0] == 0
     first = tmp_path / "s2_report.html"
