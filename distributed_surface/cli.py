@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="vtp/vts: the measurement that is the height z: loss (default), acc (the train split's), "
                         "or a name such as test_loss; every measurement is a point array, and csv holds all")  # fmt: skip
     compare = commands.add_parser("compare", help="several surfaces side by side on one scale, with their table")
-    compare.add_argument("surfaces", nargs="+", metavar="SURFACE.h5")
+    compare.add_argument("surfaces", nargs="+", metavar="SURFACE.h5", help="surface files, two or more")
     _add_reader_flags(compare, "compare")
     report = commands.add_parser("report", help="one HTML file to explore offline: 3D surface, contours, curves, table, provenance")
     report.add_argument("surfaces", nargs="+", metavar="SURFACE.h5", help="surfaces, and Hessian spectrum files (dsurf hessian)")

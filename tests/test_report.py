@@ -95,12 +95,19 @@ def test_checkpoints_and_partial_surfaces(dsurf, files, tmp_path):
         done[4, :] = 0
         f["done"][...] = done
         f.attrs["status"] = "interrupted"
+        path = f.create_group("trajectory")  # a trajectory's checkpoints, projected (as --trajectory stores them)
+        path["x"], path["y"] = np.array([-0.5, -0.25, 0.0]), np.array([0.5, 0.2, 0.0])
+        path["names"] = np.array([b"epoch_1", b"epoch_2", b"epoch_3"])
+        path.attrs["explained_variance_ratio"] = np.array([0.9, 0.05])
     rc, out, err = dsurf("report", "s2.h5", "--out", "r.html")
     assert rc == 0 and err == "", err
     page = (tmp_path / "r.html").read_text()
     assert "partial: 20/25 points computed (interrupted)" in page
     contour = plot_data(page, "surface-0-contour-train_loss")
-    labelled = {t["name"]: (t["x"], t["y"], t["text"], t["marker"]["color"]) for t in contour[1:]}
+    (trajectory,) = [t for t in contour if t.get("name") == "trajectory"]
+    assert trajectory["text"] == ["epoch_1", "epoch_2", "epoch_3"]
+    np.testing.assert_array_equal(decoded(trajectory["x"]), [-0.5, -0.25, 0.0])
+    labelled = {t["name"]: (t["x"], t["y"], t["text"], t["marker"]["color"]) for t in contour[1:] if t is not trajectory}
     assert labelled["b.pt"][:3] == ([1], [0], ["b.pt"]) and labelled["c.pt"][:3] == ([0], [1], ["c.pt"])
     assert len({v[3] for v in labelled.values()}) == 3
     z = decoded(contour[0]["z"])
