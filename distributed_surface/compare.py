@@ -136,12 +136,14 @@ def compare_surfaces(
         found = table_rows(path, label=name, data=data)
         check_rows(found, path)
         rows += found
+    from .plot import check_comparison, compare_pictures  # matplotlib: only once the surfaces are known to compare
+
+    options = dict(pictures=pictures, vmin=vmin, vmax=vmax, levels=levels, log=log, fmt=fmt, band=band)
+    check_comparison(surfaces[0], **options)  # (before the directory is made)
     target = Path(out_dir) if out_dir else default_out_dir(paths[0])
     _make_directory(target)
-    from .plot import compare_pictures  # matplotlib: only once the surfaces are known to compare
 
-    written = compare_pictures(list(zip(names, surfaces)), target, pictures=pictures, vmin=vmin, vmax=vmax,
-                               levels=levels, log=log, fmt=fmt, band=band, force=force)  # fmt: skip
+    written = compare_pictures(list(zip(names, surfaces)), target, force=force, **options)
     written.append(write_table(rows, target, force=force))
     written.append(write_table(rows, target, force=force, csv=True))
     return written

@@ -717,25 +717,15 @@ def compare_pictures(
     :func:`plot_surface` takes them). 1D: one figure per quantity (loss, accuracy) with every surface's
     curve overlaid and named in a legend; with ``band``, surfaces that share a label are repeats of one
     model (seeds) and are drawn as their mean and the band of ± one standard deviation."""
-    fmt = _check_format(fmt)
-    _check_range(vmin, vmax, levels, log)
-    wanted = _parse_pictures(pictures)
+    fmt, kinds = check_comparison(surfaces[0][1], pictures=pictures, vmin=vmin, vmax=vmax, levels=levels, log=log,
+                                  fmt=fmt, band=band)  # fmt: skip
     style = _Style(vmin=vmin, vmax=vmax, step=levels, log=log)
-    one_d = surfaces[0][1].y is None
-    if one_d:
-        if wanted is not None and wanted != ["curve"]:
-            raise UserError(f"--kind {next(k for k in wanted if k != 'curve')} does not fit 1D surfaces (their kind: curve)")
+    if surfaces[0][1].y is None:
         written = []
         for quantity in _shared_quantities(surfaces):
             figure = _compare_curves(surfaces, quantity, style, band)
             written.append(_save(figure, target / f"compare_1d_{quantity}{'_log' if log and quantity == 'loss' else ''}.{fmt}", force))
         return written
-    if band:
-        raise UserError("--band draws 1D curves as mean and spread; 2D surfaces are compared side by side (leave out --band)")
-    kinds = wanted or list(COMPARE_PICTURES_2D)
-    misfit = [kind for kind in kinds if kind not in COMPARE_PICTURES_2D]
-    if misfit:
-        raise UserError(f"--kind {misfit[0]}: dsurf compare draws {', '.join(COMPARE_PICTURES_2D)} of 2D surfaces")
     shared = [m for m in _metrics(surfaces[0][1]) if all(m in _metrics(data) for _, data in surfaces[1:])]
     written = []
     for kind in kinds:
@@ -744,6 +734,25 @@ def compare_pictures(
             suffix = "_log" if log and _is_loss(metric) else ""
             written.append(_save(figure, target / f"compare_{PICTURES_2D[kind]}_{metric}{suffix}.{fmt}", force))
     return written
+
+
+def check_comparison(first: SurfaceData, *, pictures, vmin, vmax, levels, log, fmt, band) -> tuple[str, list[str]]:
+    """Refuse options that do not fit surfaces like ``first`` (before anything is written); return the
+    format and the picture kinds to draw."""
+    fmt = _check_format(fmt)
+    _check_range(vmin, vmax, levels, log)
+    wanted = _parse_pictures(pictures)
+    if first.y is None:
+        if wanted is not None and wanted != ["curve"]:
+            raise UserError(f"--kind {next(k for k in wanted if k != 'curve')} does not fit 1D surfaces (their kind: curve)")
+        return fmt, ["curve"]
+    if band:
+        raise UserError("--band draws 1D curves as mean and spread; 2D surfaces are compared side by side (leave out --band)")
+    kinds = wanted or list(COMPARE_PICTURES_2D)
+    misfit = [kind for kind in kinds if kind not in COMPARE_PICTURES_2D]
+    if misfit:
+        raise UserError(f"--kind {misfit[0]}: dsurf compare draws {', '.join(COMPARE_PICTURES_2D)} of 2D surfaces")
+    return fmt, kinds
 
 
 def shared_scale(surfaces: Sequence[tuple[str, SurfaceData]], metric: str, style: "_Style"):

@@ -157,10 +157,12 @@ def test_differences_name_kind_ignore_and_grid(files):
         (["--kind", "curve"], ["--kind curve", "contour"]),
         (["--vmin", "3", "--vmax", "1"], ["--vmin 3 must be below --vmax 1"]),
         (["--format", "gif"], ["invalid choice"]),
+        (["--kind", "gap"], ["--kind gap: dsurf compare draws contour"]),
     ],
 )
-def test_bad_options(dsurf, files, args, needles):
+def test_bad_options(dsurf, files, tmp_path, args, needles):
     assert_one_line_error(*dsurf("compare", "a.h5", "b.h5", *args), *needles)
+    assert not (tmp_path / "a_compare").exists()  # nothing made, not even the directory
 
 
 def test_bad_files(dsurf, files, tmp_path):
