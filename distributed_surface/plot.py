@@ -724,7 +724,8 @@ def compare_pictures(
         written = []
         for quantity in _shared_quantities(surfaces):
             figure = _compare_curves(surfaces, quantity, style, band)
-            written.append(_save(figure, target / f"compare_1d_{quantity}{'_log' if log and quantity == 'loss' else ''}.{fmt}", force))
+            suffix = "_log" if log and quantity == "loss" else ""
+            written.append(_save(figure, target / f"compare_1d_{quantity}{suffix}.{fmt}", force))
         return written
     shared = [m for m in _metrics(surfaces[0][1]) if all(m in _metrics(data) for _, data in surfaces[1:])]
     written = []

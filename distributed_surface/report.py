@@ -286,7 +286,8 @@ def _curves(data: SurfaceData):
         has_acc |= on_right
         figure.add_trace(go.Scatter(
             x=x, y=np.where(np.isfinite(values), values, np.nan), mode="lines+markers", name=_words(metric),
-            yaxis="y2" if on_right else "y", line=dict(color="firebrick" if on_right else "royalblue", dash=dashes.get(split, "dot")),
+            yaxis="y2" if on_right else "y",
+            line=dict(color="firebrick" if on_right else "royalblue", dash=dashes.get(split, "dot")),
             hovertemplate=f"x %{{x:.4g}}<br>{_words(metric)} %{{y:.6g}}<extra></extra>",
         ))  # fmt: skip
     layout = dict(title="1D curves", height=480, xaxis_title=_axis_titles(data)[0],
@@ -307,7 +308,9 @@ def _points(data: SurfaceData, metric: str):
         marker=dict(color=values[keep], colorscale="Viridis", size=11, colorbar=dict(title=dict(text=_words(metric)))),
         hovertemplate=f"a %{{x:.4g}}<br>b %{{y:.4g}}<br>{_words(metric)} %{{marker.color:.6g}}<extra></extra>",
     ))  # fmt: skip
-    figure.update_layout(title=f"{_words(metric)}: {int(keep.sum())} points", xaxis_title="a (along d1)", yaxis_title="b (along d2)")
+    figure.update_layout(
+        title=f"{_words(metric)}: {int(keep.sum())} points", xaxis_title="a (along d1)", yaxis_title="b (along d2)"
+    )
     return figure
 
 

@@ -5,8 +5,9 @@
 :class:`Evaluation` (the part of the evaluation the spectrum reads), :class:`Output` and
 :class:`Spectrum` (:mod:`.config`); the readers ``dsurf compare`` and ``dsurf report``, which compute
 nothing, take :class:`PictureScale` and :class:`Comparison`, and :class:`Report`.
-``identity=True`` marks what decides a surface's values: a resumed run must agree with the file on it (the checkpoint is compared by the hash of θ0 it gives, not by its
-path; the files a kind of directions reads by their sha256, not their paths; where and how fast it
+``identity=True`` marks what decides a surface's values: a resumed run must agree with the file on it
+(the checkpoint is compared by the hash of θ0 it gives, not by its path; the files a kind of
+directions reads by their sha256, not their paths; where and how fast it
 runs, and where it writes, may change between runs; precision is identity: bf16 and tf32 change the
 values, see the error table in docs/performance.md). The choices come from :mod:`.core.options`.
 """
@@ -281,14 +282,17 @@ class PictureScale:
 class Comparison:
     """``dsurf compare``: what is drawn and where."""
 
-    out_dir: str | None = setting(metavar="DIR", check=text(), help="where to write (default: FIRST_compare/ beside the first surface)")
+    out_dir: str | None = setting(
+        metavar="DIR", check=text(), help="where to write (default: FIRST_compare/ beside the first surface)"
+    )
     kind: str | None = setting(
         metavar="KIND[,KIND]", check=text(),
         help="2D: contour, contourf, heatmap, surface (3D), comma-separated; 1D: curve; default all that fit",
     )  # fmt: skip
     label: tuple[str, ...] | None = setting(
-        nargs="+", metavar="NAME", help="the surfaces' names in pictures and tables, one per surface in order (default: the files' names)"
-    )
+        nargs="+", metavar="NAME",
+        help="the surfaces' names in pictures and tables, one per surface in order (default: the files' names)",
+    )  # fmt: skip
     band: bool = switch_setting(
         False, help="1D: surfaces with the same --label (without --label: all) are repeats of one model (seeds), "
         "drawn as their mean and ± one standard deviation",
@@ -296,7 +300,9 @@ class Comparison:
     allow_different: bool = switch_setting(
         False, help="compare surfaces whose grids, direction kinds, --norm, --ignore or --dir-type differ"
     )
-    format: str = setting("png", choices=PICTURE_FORMATS, parser_choices=True, help="picture format: png (default), pdf or svg")
+    format: str = setting(
+        "png", choices=PICTURE_FORMATS, parser_choices=True, help="picture format: png (default), pdf or svg"
+    )
     force: bool = switch_setting(False, help="replace existing pictures and tables that dsurf compare did not write")
 
 
@@ -304,5 +310,7 @@ class Comparison:
 class Report:
     """``dsurf report``: where the HTML report goes."""
 
-    out: str | None = setting(metavar="PATH.html", check=text(), help="the report to write (default: FIRST_report.html beside the first surface)")
+    out: str | None = setting(
+        metavar="PATH.html", check=text(), help="the report to write (default: FIRST_report.html beside the first surface)"
+    )
     force: bool = switch_setting(False, help="replace an existing --out that dsurf report did not write")

@@ -212,8 +212,8 @@ def test_the_report_in_headless_chromium(dsurf, files, tmp_path):
     try:
         driver.get((tmp_path / "r.html").as_uri())
         div = "surface-0-3d-train_loss"
-        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
-            "const g = document.getElementById(arguments[0]); return !!(g && g._fullLayout && g.querySelector('canvas'))", div))  # fmt: skip
+        drawn = "const g = document.getElementById(arguments[0]); return !!(g && g._fullLayout && g.querySelector('canvas'))"
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(drawn, div))
         # the value the page holds at θ0: plotly's own data of the plot (rows are y)
         held = driver.execute_script(
             "const t = document.getElementById(arguments[0])._fullData[0];"
