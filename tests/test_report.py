@@ -224,10 +224,12 @@ def test_the_report_in_headless_chromium(dsurf, files, tmp_path):
         element = driver.find_element("id", div)
         driver.execute_script("arguments[0].scrollIntoView()", element)
         shot = Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB")
+        fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     finally:
         driver.quit()
     assert not errors, errors
+    assert all(url.startswith(("file:", "data:", "blob:")) for url in fetched), fetched  # nothing from a network
     # the canvas drew the surface: a blank plot has a handful of colours, the shaded surface thousands
     width, height = shot.size
     plot_area = shot.crop((width // 5, height // 5, 4 * width // 5, 4 * height // 5))
