@@ -1,4 +1,5 @@
-"""The ``dsurf`` command line: ``run``, ``info``, ``plot``, ``export``, ``hessian`` and ``sbatch``."""
+"""The ``dsurf`` command line: ``run``, ``info``, ``plot``, ``compare``, ``report``, ``export``, ``hessian`` and
+``sbatch``."""
 
 from __future__ import annotations
 
@@ -38,6 +39,22 @@ def _add_command_flags(parser: argparse.ArgumentParser, command: str) -> None:
     add("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
 
 
+def _add_reader_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of a command that reads surfaces (compare, report): one for every declared setting."""
+    from . import settings
+    from .config import READER_CONFIGS
+
+    settings.add_flags(parser, READER_CONFIGS[command])
+
+
+def reader_config(args: argparse.Namespace):
+    """A reading command's config, from the flags given."""
+    from .config import READER_CONFIGS, reader_config
+    from .settings import given_flags
+
+    return reader_config(args.command, given_flags(args, READER_CONFIGS[args.command]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dsurf", description="Loss landscapes of neural networks, on one or many GPUs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -72,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--kind", dest="measure", default="loss", metavar="NAME",
                         help="vtp/vts: the measurement that is the height z: loss (default), acc (the train split's), "
                         "or a name such as test_loss; every measurement is a point array, and csv holds all")  # fmt: skip
+    compare = commands.add_parser("compare", help="several surfaces side by side on one scale, with their table")
+    compare.add_argument("surfaces", nargs="+", metavar="SURFACE.h5", help="surface files, two or more")
+    _add_reader_flags(compare, "compare")
+    report = commands.add_parser("report", help="one HTML file to explore offline: 3D surface, contours, curves, table, provenance")
+    report.add_argument("surfaces", nargs="+", metavar="SURFACE.h5", help="surfaces, and Hessian spectrum files (dsurf hessian)")
+    _add_reader_flags(report, "report")
     hessian = commands.add_parser("hessian", help="the Hessian spectrum at θ0: top eigenvalues, trace, density")
     _add_command_flags(hessian, "hessian")
     sbatch = commands.add_parser("sbatch", help="write a SLURM batch script for a run and submit it (or print it)")
@@ -189,6 +212,29 @@ def command_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_surfaces
+
+    config = reader_config(args)
+    scale, comparison = config.scale, config.comparison
+    written = compare_surfaces(
+        args.surfaces, comparison.out_dir, labels=comparison.label, pictures=comparison.kind, vmin=scale.vmin,
+        vmax=scale.vmax, levels=scale.levels, log=scale.log, fmt=comparison.format, band=comparison.band,
+        allow_different=comparison.allow_different, force=comparison.force,
+    )  # fmt: skip
+    for path in written:
+        print(path)
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    config = reader_config(args).report
+    print(write_report(args.surfaces, config.out, force=config.force))
+    return 0
+
+
 def command_export(args: argparse.Namespace) -> int:
     from .export import export_surface
 
@@ -250,7 +296,7 @@ def command_sbatch(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": command_run, "info": command_info, "plot": command_plot, "export": command_export, "sbatch": command_sbatch,
-    "hessian": command_hessian,
+    "hessian": command_hessian, "compare": command_compare, "report": command_report,
 }  # fmt: skip
 
 

@@ -20,7 +20,9 @@ from .directions import registry
 from .directions.base import DirectionKind
 from .core.errors import UserError
 from .directions.options import check_dimensions
-from .sections import EXAMPLE_MODEL, Directions, Evaluation, Output, Problem, Spectrum, SurfaceEvaluation
+from .sections import (
+    EXAMPLE_MODEL, Comparison, Directions, Evaluation, Output, PictureScale, Problem, Report, Spectrum, SurfaceEvaluation,
+)  # fmt: skip
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -230,6 +232,40 @@ class HessianConfig(Config):
 
 # The config of each command that takes settings (sbatch takes the run's and passes them on).
 CONFIGS = {"run": RunConfig, "sbatch": RunConfig, "hessian": HessianConfig}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """``dsurf compare``'s settings: the shared scale of the pictures, and what is drawn where."""
+
+    scale: PictureScale = PictureScale()
+    comparison: Comparison = Comparison()
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """``dsurf report``'s settings."""
+
+    report: Report = Report()
+
+
+# The commands that read surfaces and compute nothing, but take declared settings (flags only: no TOML).
+READER_CONFIGS = {"compare": CompareConfig, "report": ReportConfig}
+
+
+def reader_config(command: str, values: dict):
+    """The config of a reading command from its flags given (by name; None: not given), checked."""
+    config = READER_CONFIGS[command]
+    given = {name: value for name, value in values.items() if value is not None}
+    unknown = sorted(set(given) - set(settings.settings_of(config)))
+    if unknown:
+        raise UserError(f"unknown setting {unknown[0]!r}")
+    parts: dict[str, dict] = {attribute: {} for attribute, _ in settings.sections(config)}
+    for name, value in given.items():
+        parts[settings.settings_of(config)[name][0]][name] = tuple(value) if isinstance(value, list) else value
+    built = config(**{attribute: section(**parts[attribute]) for attribute, section in settings.sections(config)})
+    settings.check_values(built)
+    return built
 
 
 def is_auto(text) -> bool:

@@ -14,6 +14,8 @@ from torch import nn
 CACHE_VERSION = 2  # 2: trained on the training split only
 SEED = 0
 EPOCHS = 12
+BATCH_SIZE = 64
+LEARNING_RATE = 3e-3
 TEST_SAMPLES = 360  # a fifth of the digits, held out
 
 
@@ -90,9 +92,13 @@ def trained_digits_cnn() -> nn.Module:
     return model
 
 
-def train(model: nn.Module, epochs: int = EPOCHS, seed: int = SEED, after_epoch=None) -> None:
-    """Train deterministically on the training split: fixed seed, one thread (so every machine and rank
-    gets the same θ0). ``after_epoch(epoch, model)`` is called after each epoch (from 1)."""
+def train(
+    model: nn.Module, epochs: int = EPOCHS, seed: int = SEED, after_epoch=None, batch_size: int = BATCH_SIZE,
+    lr: float = LEARNING_RATE,
+) -> None:
+    """Train deterministically on the training split with Adam: fixed seed, one thread (so every
+    machine and rank gets the same θ0). ``after_epoch(epoch, model)`` is called after each epoch (from
+    1). ``batch_size`` and ``lr``: the paper's small-against-large-batch comparison trains with others."""
     inputs, targets = digits_train_data()
     generator = torch.Generator().manual_seed(seed)
     threads = torch.get_num_threads()
@@ -102,11 +108,11 @@ def train(model: nn.Module, epochs: int = EPOCHS, seed: int = SEED, after_epoch=
         for module in model.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         model.train()
         for epoch in range(1, epochs + 1):
             order = torch.randperm(len(inputs), generator=generator)
-            for batch in order.split(64):
+            for batch in order.split(batch_size):
                 optimizer.zero_grad()
                 loss = nn.functional.cross_entropy(model(inputs[batch]), targets[batch])
                 loss.backward()
@@ -123,15 +129,21 @@ def train(model: nn.Module, epochs: int = EPOCHS, seed: int = SEED, after_epoch=
 def main(argv=None) -> int:
     """``python -m distributed_surface.example --seed 1 --out b.pt [--epochs-to DIR]``: train the example
     network with another seed (another minimum, for --to and --plane) and save it; with
-    ``--epochs-to DIR``, save every epoch's weights there too (a trajectory, for --trajectory)."""
+    ``--epochs-to DIR``, save every epoch's weights there too (a trajectory, for --trajectory); with
+    ``--batch-size`` (and ``--lr``), another batch size (small against large batches, as the paper)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m distributed_surface.example", description=main.__doc__)
     parser.add_argument("--seed", type=int, default=SEED, help=f"training seed (default {SEED}: the built-in model)")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs (default {EPOCHS})")
     parser.add_argument("--out", required=True, help="where to save the trained state_dict")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=BATCH_SIZE,
+                        help=f"training batch size (default {BATCH_SIZE})")  # fmt: skip
+    parser.add_argument("--lr", type=float, default=LEARNING_RATE, help=f"Adam's learning rate (default {LEARNING_RATE:g})")
     parser.add_argument("--epochs-to", dest="epochs_to", metavar="DIR", help="also save epoch_<N>.pt after each epoch here")
     args = parser.parse_args(argv)
+    if args.batch_size < 1 or not args.lr > 0:
+        parser.error("--batch-size must be at least 1 and --lr positive")
     folder = Path(args.epochs_to) if args.epochs_to else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +152,7 @@ def main(argv=None) -> int:
         torch.save(model.state_dict(), folder / f"epoch_{epoch}.pt")
 
     model = digits_cnn()
-    train(model, args.epochs, args.seed, save_epoch if folder is not None else None)
+    train(model, args.epochs, args.seed, save_epoch if folder is not None else None, batch_size=args.batch_size, lr=args.lr)
     torch.save(model.state_dict(), args.out)
     print(f"saved {args.out}" + (f" and {args.epochs} epochs in {folder}/" if folder is not None else ""))
     return 0

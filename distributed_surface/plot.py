@@ -28,6 +28,7 @@ from matplotlib.tri import Triangulation
 from .core.curves import curve_names, curve_order, loss_barriers
 from .core.measurements import SPLITS, TEST, TRAIN, measurement_name, ordered, quantity_of
 from .core.errors import UserError
+from .core.options import PICTURE_FORMATS
 from . import __version__
 from .storage import MARK, SurfaceData, carries_mark, is_legacy, read_any_surface, write_atomically
 
@@ -41,7 +42,7 @@ PICTURES_POINTS = {"points": "points"}  # a list of points in a plane (--points 
 PICTURES = (*PICTURES_2D, *PICTURES_1D, *PICTURES_POINTS)
 # Axis labels of directions that recorded none: (long, short) for d1 and d2.
 GENERIC_LABELS = (("x: offset along direction d1", "x (along d1)"), ("y: offset along direction d2", "y (along d2)"))
-FORMATS = ("png", "pdf", "svg")
+FORMATS = PICTURE_FORMATS
 DPI = 150
 
 # Default levels for loss: nice round values between the smallest loss and LOSS_CAP (the paper's vmax),
@@ -346,15 +347,30 @@ def markers(data: SurfaceData) -> list[tuple[str, tuple[float, ...]]]:
     return recorded or [("θ0", (0.0,) * (1 if data.y is None else 2))]
 
 
+# The checkpoints' colours and shapes, one each (θ0 keeps the red star).
+_CHECKPOINT_STYLES = (("darkorange", "^"), ("magenta", "s"), ("deepskyblue", "D"), ("lime", "v"), ("gold", "P"), ("cyan", "X"))
+
+
+def marker_style(k: int) -> tuple[str, dict]:
+    """The colour and marker of the ``k``-th model marked (0: θ0, a red star; then one per checkpoint,
+    in turn)."""
+    if k == 0:
+        return "red", dict(marker="*", markersize=11)
+    colour, shape = _CHECKPOINT_STYLES[(k - 1) % len(_CHECKPOINT_STYLES)]
+    return colour, dict(marker=shape, markersize=8)
+
+
 def _mark_minimum(ax, data: SurfaceData) -> None:
     """The models in the plane (θ0, and the checkpoints of --plane), where the grid covers them, and the
     path of a trajectory's checkpoints."""
     shown = False
     for k, (label, at) in enumerate(markers(data)):
         if len(at) == 2 and data.x.min() <= at[0] <= data.x.max() and data.y.min() <= at[1] <= data.y.max():
-            style = dict(marker="*", markersize=11) if k == 0 else dict(marker="^", markersize=8)
-            ax.plot([at[0]], [at[1]], color="red" if k == 0 else "orange", markeredgecolor="white", linestyle="",
-                    label=label, **style)  # fmt: skip
+            colour, style = marker_style(k)
+            ax.plot([at[0]], [at[1]], color=colour, markeredgecolor="white", linestyle="", label=label, **style)
+            if k > 0:  # each checkpoint named at its point: the legend alone cannot tell two apart on a print
+                ax.annotate(label, (at[0], at[1]), xytext=(5, -9), textcoords="offset points", fontsize=7, color=colour,
+                            fontweight="bold", gid=f"marker-label-{k}")  # fmt: skip
             shown = True
     path = data.trajectory
     if path is not None and data.y is not None:
@@ -682,6 +698,224 @@ def _scatter(data: SurfaceData, metric: str, style: _Style) -> Figure:
     return fig
 
 
+# ---------------------------------------------------------------- comparisons (dsurf compare)
+
+COMPARE_PICTURES_2D = ("contour", "contourf", "heatmap", "surface")
+_SURFACE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
+
+
+def compare_pictures(
+    surfaces: Sequence[tuple[str, SurfaceData]],
+    target: Path,
+    *,
+    pictures: Iterable[str] | str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    levels: float | None = None,
+    log: bool = False,
+    fmt: str = "png",
+    band: bool = False,
+    force: bool = False,
+) -> list[Path]:
+    """Draw ``surfaces`` (``(label, data)``, all 2D or all 1D, checked comparable by the caller) into
+    the directory ``target`` and return the files written.
+
+    2D: for each picture kind (:data:`COMPARE_PICTURES_2D`; ``pictures`` picks) and each measurement
+    that every surface holds, one figure with the surfaces side by side on one colour scale and one set
+    of contour levels, computed from all of them together (``vmin``, ``vmax``, ``levels``, ``log`` as
+    :func:`plot_surface` takes them). 1D: one figure per quantity (loss, accuracy) with every surface's
+    curve overlaid and named in a legend; with ``band``, surfaces that share a label are repeats of one
+    model (seeds) and are drawn as their mean and the band of ± one standard deviation."""
+    fmt, kinds = check_comparison(surfaces[0][1], pictures=pictures, vmin=vmin, vmax=vmax, levels=levels, log=log,
+                                  fmt=fmt, band=band)  # fmt: skip
+    style = _Style(vmin=vmin, vmax=vmax, step=levels, log=log)
+    if surfaces[0][1].y is None:
+        written = []
+        for quantity in _shared_quantities(surfaces):
+            figure = _compare_curves(surfaces, quantity, style, band)
+            suffix = "_log" if log and quantity == "loss" else ""
+            written.append(_save(figure, target / f"compare_1d_{quantity}{suffix}.{fmt}", force))
+        return written
+    shared = [m for m in _metrics(surfaces[0][1]) if all(m in _metrics(data) for _, data in surfaces[1:])]
+    written = []
+    for kind in kinds:
+        for metric in shared:
+            figure = _compare_2d(surfaces, kind, metric, style)
+            suffix = "_log" if log and _is_loss(metric) else ""
+            written.append(_save(figure, target / f"compare_{PICTURES_2D[kind]}_{metric}{suffix}.{fmt}", force))
+    return written
+
+
+def check_comparison(first: SurfaceData, *, pictures, vmin, vmax, levels, log, fmt, band) -> tuple[str, list[str]]:
+    """Refuse options that do not fit surfaces like ``first`` (before anything is written); return the
+    format and the picture kinds to draw."""
+    fmt = _check_format(fmt)
+    _check_range(vmin, vmax, levels, log)
+    wanted = _parse_pictures(pictures)
+    if first.y is None:
+        if wanted is not None and wanted != ["curve"]:
+            raise UserError(f"--kind {next(k for k in wanted if k != 'curve')} does not fit 1D surfaces (their kind: curve)")
+        return fmt, ["curve"]
+    if band:
+        raise UserError("--band draws 1D curves as mean and spread; 2D surfaces are compared side by side (leave out --band)")
+    kinds = wanted or list(COMPARE_PICTURES_2D)
+    misfit = [kind for kind in kinds if kind not in COMPARE_PICTURES_2D]
+    if misfit:
+        raise UserError(f"--kind {misfit[0]}: dsurf compare draws {', '.join(COMPARE_PICTURES_2D)} of 2D surfaces")
+    return fmt, kinds
+
+
+def shared_scale(surfaces: Sequence[tuple[str, SurfaceData]], metric: str, style: "_Style"):
+    """The levels, colour norm and log flag that every panel of ``metric`` shares: those of all the
+    surfaces' computed values together."""
+    values = np.concatenate([_masked(data, metric).compressed() for _, data in surfaces])
+    return style.scale(metric, values)
+
+
+def _compare_2d(surfaces, kind: str, metric: str, style: "_Style") -> Figure:
+    levels, norm, log = shared_scale(surfaces, metric, style)
+    count = len(surfaces)
+    fig = Figure(figsize=(4.4 * count + 1.2, 4.8), layout="constrained")
+    what = {"contour": "contour lines", "contourf": "filled contours", "heatmap": "heatmap", "surface": "3D surface"}[kind]
+    same = "one height range and colour scale" if kind == "surface" else "one colour scale and one set of levels"
+    fig.suptitle(f"{_label(metric, log)}: {what}, {same} for all", fontsize=10)
+    cmap = _cmap(metric).with_extremes(bad="white")
+    if kind == "surface":
+        return _compare_3d(fig, surfaces, metric, norm, log, style)
+    axes = [fig.add_subplot(1, count, k + 1) for k in range(count)]
+    for ax, (label, data) in zip(axes, surfaces):
+        z = _masked(data, metric, log).T
+        ax.set_title(_panel_title(label, data), fontsize=8)
+        _axes_labels(ax, data)
+        x, y = np.meshgrid(data.x, data.y)
+        if kind == "heatmap" or not _contourable(z) or levels.size < 2:
+            ax.pcolormesh(x, y, z, cmap=cmap, norm=norm, shading="nearest")
+            if kind != "heatmap":
+                ax.set_title(ax.get_title() + "\n(too few points or too flat for contours: cells)", fontsize=8)
+        elif kind == "contourf":
+            ax.contourf(x, y, z, levels=levels, cmap=_cmap(metric), norm=norm, extend="both")
+            inside = levels[(levels >= z.min()) & (levels <= z.max())]
+            if inside.size:
+                ax.contour(x, y, z, levels=inside, colors="black", linewidths=0.3, alpha=0.5)
+        else:
+            inside = levels[(levels >= z.min()) & (levels <= z.max())]
+            if inside.size:
+                lines = ax.contour(x, y, z, levels=inside, cmap=_line_cmap(metric), norm=norm, linewidths=1.0)
+                labelled = inside if inside.size <= 12 else inside[:: int(math.ceil(inside.size / 12))]
+                ax.clabel(lines, levels=labelled, inline=True, fontsize=6, fmt=_fmt)
+            ax.set_xlim(data.x.min(), data.x.max())
+            ax.set_ylim(data.y.min(), data.y.max())
+        _equal_aspect(ax, data)
+        _mark_minimum(ax, data)
+    from matplotlib.cm import ScalarMappable
+
+    mappable = ScalarMappable(norm=norm, cmap=_line_cmap(metric) if kind == "contour" else _cmap(metric))
+    fig.colorbar(mappable, ax=axes, label=_label(metric, log), shrink=0.9)
+    return fig
+
+
+def _compare_3d(fig, surfaces, metric: str, norm, log: bool, style: "_Style") -> Figure:
+    """3D panels on one height range and one colour norm."""
+    shown = []
+    for _, data in surfaces:
+        z = _masked(data, metric, log)
+        values = np.log10(z.filled(1.0)) if log else z.filled(0.0)
+        if _is_loss(metric) and style.vmax is not None:
+            values = np.minimum(values, math.log10(style.vmax) if log else style.vmax)
+        shown.append(np.ma.masked_array(values, mask=np.ma.getmaskarray(z)))
+    finite = np.concatenate([s.compressed() for s in shown])
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    znorm = colors.Normalize(low, high if high > low else low + 1)
+    cmap = colormaps["coolwarm_r" if quantity_of(metric) == "acc" else "coolwarm"]
+    axes = []
+    for k, ((label, data), values) in enumerate(zip(surfaces, shown)):
+        ax = fig.add_subplot(1, len(surfaces), k + 1, projection="3d")
+        axes.append(ax)
+        ax.set_title(_panel_title(label, data), fontsize=8)
+        _axes_labels(ax, data, short=True)
+        ax.set_zlim(znorm.vmin, znorm.vmax)
+        xg, yg = np.meshgrid(data.x, data.y, indexing="ij")
+        if values.count() >= 3 and min(values.shape) >= 2:
+            if values.count() == values.size:
+                ax.plot_surface(xg, yg, values.filled(), cmap=cmap, norm=znorm, rstride=1, cstride=1, linewidth=0,
+                                antialiased=False)  # fmt: skip
+            else:
+                _trisurf(ax, xg, yg, values, cmap, znorm)
+        else:
+            keep = ~np.ma.getmaskarray(values)
+            ax.scatter(xg[keep], yg[keep], values.data[keep], c=values.data[keep], cmap=cmap, norm=znorm, s=30)
+        ax.view_init(elev=30, azim=-60)
+    from matplotlib.cm import ScalarMappable
+
+    fig.colorbar(ScalarMappable(norm=znorm, cmap=cmap), ax=axes, shrink=0.6, label=("log10 " if log else "") + _label(metric))
+    return fig
+
+
+def _panel_title(label: str, data: SurfaceData) -> str:
+    import textwrap
+
+    lines = [label, *textwrap.wrap(describe(data), 60)]
+    done, total = data.progress
+    if done < total:
+        lines.append(f"partial: {done}/{total} points computed")
+    return "\n".join(lines)
+
+
+def _shared_quantities(surfaces) -> list[str]:
+    """The quantities (loss, acc) whose curves every surface has, for some split."""
+    return [q for q in ("loss", "acc") if all(any(quantity_of(m) == q for m in _metrics(data)) for _, data in surfaces)]
+
+
+def _compare_curves(surfaces, quantity: str, style: "_Style", band: bool) -> Figure:
+    """Every surface's curves of ``quantity`` on one axes: a colour per surface (per label with
+    ``band``), train solid and test dashed."""
+    fig = Figure(figsize=(7.2, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    _axes_labels(ax, surfaces[0][1])
+    log = style.log and quantity == "loss"
+    groups: dict[tuple[str, int], list[SurfaceData]] = {}  # (label, which): with band, one group per label
+    for label, data in surfaces:
+        groups.setdefault((label, 0) if band else (label, len(groups)), []).append(data)
+    for k, ((label, _), members) in enumerate(groups.items()):
+        colour = _SURFACE_COLOURS[k % len(_SURFACE_COLOURS)]
+        for split in SPLITS:
+            metric = measurement_name(split, quantity)
+            if not all(metric in data.metrics for data in members):
+                continue
+            first = members[0]
+            order = _curves(first)[0][1]
+            x = first.x[order]
+            if band and len(members) > 1:
+                if any(not np.array_equal(m.x, first.x) for m in members[1:]):
+                    raise UserError(f"--band: the repeats of {label!r} are not on the same points; they cannot be averaged")
+                stack = np.stack([_masked(m, metric, log).filled(np.nan)[order] for m in members])
+                mean = np.nanmean(stack, axis=0)
+                spread = np.nanstd(stack, axis=0)
+                ax.plot(x, mean, color=colour, linestyle=_LINE_STYLES[split],
+                        label=f"{label}: {split} {LABELS[quantity]}, mean of {len(members)}")  # fmt: skip
+                ax.fill_between(x, mean - spread, mean + spread, color=colour, alpha=0.2, linewidth=0,
+                                label=f"{label}: {split}, ± 1 standard deviation")  # fmt: skip
+            else:
+                values = _masked(first, metric, log)[order]
+                ax.plot(x, values, color=colour, linestyle=_LINE_STYLES[split], marker="o", markersize=2.5,
+                        label=f"{label}: {split} {LABELS[quantity]}")  # fmt: skip
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(("loss" if quantity == "loss" else LABELS[quantity]) + (" (log scale)" if log else ""))
+    if quantity == "loss":
+        ax.set_ylim(bottom=style.vmin if style.vmin is not None else (None if log else 0.0), top=style.vmax)
+    else:
+        ax.set_ylim(0, 100)
+    for label, at in markers(surfaces[0][1]):
+        if len(at) == 1:
+            ax.axvline(at[0], color="grey", linewidth=0.6, linestyle=":")
+    ax.legend(fontsize=7, loc="best")
+    what = "loss" if quantity == "loss" else "accuracy"
+    ax.set_title(f"{what} of {len(surfaces)} surfaces" + (" (repeats as mean and spread)" if band else "")
+                 + "\n" + describe(surfaces[0][1]), fontsize=9)  # fmt: skip
+    return fig
+
+
 def _save(fig: Figure, out: Path, force: bool) -> Path:
     """Write ``fig`` to ``out``, marked as ours in its metadata (an existing picture is replaced only
     where it carries the mark, or with ``force``: see :func:`~.storage.atomic.write_atomically`)."""
@@ -695,4 +929,4 @@ def _save(fig: Figure, out: Path, force: bool) -> Path:
 _MARK_KEYS = {"png": "Software", "pdf": "Creator", "svg": "Creator"}
 
 
-__all__: Sequence[str] = ("plot_surface", "draw", "default_out_dir", "PICTURES", "FORMATS", "describe")
+__all__: Sequence[str] = ("plot_surface", "draw", "compare_pictures", "default_out_dir", "PICTURES", "FORMATS", "describe")

@@ -3,9 +3,11 @@
 ``dsurf run`` (and ``dsurf sbatch``) takes :class:`Problem`, :class:`Directions`,
 :class:`SurfaceEvaluation` and :class:`Output`; ``dsurf hessian`` takes :class:`Problem`,
 :class:`Evaluation` (the part of the evaluation the spectrum reads), :class:`Output` and
-:class:`Spectrum` (:mod:`.config`). ``identity=True`` marks what decides a surface's values: a resumed
-run must agree with the file on it (the checkpoint is compared by the hash of θ0 it gives, not by its
-path; the files a kind of directions reads by their sha256, not their paths; where and how fast it
+:class:`Spectrum` (:mod:`.config`); the readers ``dsurf compare`` and ``dsurf report``, which compute
+nothing, take :class:`PictureScale` and :class:`Comparison`, and :class:`Report`.
+``identity=True`` marks what decides a surface's values: a resumed run must agree with the file on it
+(the checkpoint is compared by the hash of θ0 it gives, not by its path; the files a kind of
+directions reads by their sha256, not their paths; where and how fast it
 runs, and where it writes, may change between runs; precision is identity: bf16 and tf32 change the
 values, see the error table in docs/performance.md). The choices come from :mod:`.core.options`.
 """
@@ -16,8 +18,8 @@ import re
 from dataclasses import dataclass
 
 from .core.options import (
-    BUILTIN_LOSS_NAMES, DATA_PLACEMENTS, DIR_TYPES, DTYPES, HESSIAN_PARAMS, IGNORE_RULES, MEASURES, NORMS, PRECISIONS,
-    RANK0_ROLES, VMAP_MODES,
+    BUILTIN_LOSS_NAMES, DATA_PLACEMENTS, DIR_TYPES, DTYPES, HESSIAN_PARAMS, IGNORE_RULES, MEASURES, NORMS, PICTURE_FORMATS,
+    PRECISIONS, RANK0_ROLES, VMAP_MODES,
 )  # fmt: skip
 from .core.errors import UserError
 from .hf import HF_TASKS
@@ -259,3 +261,57 @@ class Spectrum:
     )  # fmt: skip
     density_probes: int = setting(4, type=int, metavar="N", check=count(1), help="random vectors of the density (default 4)")
     lanczos_steps: int = setting(60, type=int, metavar="N", check=count(1), help="Lanczos steps of each (default 60)")
+
+
+# ---------------------------------------------------------------- the readers' settings: compare, report
+
+
+@dataclass(frozen=True)
+class PictureScale:
+    """``dsurf compare``: how loss values are mapped to colours and contour levels, one scale for every
+    surface compared."""
+
+    vmin: float | None = setting(type=float, help="lowest loss mapped to colours and levels (default: the surfaces' lowest)")
+    vmax: float | None = setting(type=float, help="highest loss mapped (default: the surfaces' highest, at most 10)")
+    levels: float | None = setting(
+        type=float, metavar="STEP", help="distance between loss contour levels (decades with --log)"
+    )
+    log: bool = switch_setting(False, help="loss on a log scale (default off)")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``dsurf compare``: what is drawn and where."""
+
+    out_dir: str | None = setting(
+        metavar="DIR", check=text(), help="where to write (default: FIRST_compare/ beside the first surface)"
+    )
+    kind: str | None = setting(
+        metavar="KIND[,KIND]", check=text(),
+        help="2D: contour, contourf, heatmap, surface (3D), comma-separated; 1D: curve; default all that fit",
+    )  # fmt: skip
+    label: tuple[str, ...] | None = setting(
+        nargs="+", metavar="NAME",
+        help="the surfaces' names in pictures and tables, one per surface in order (default: the files' names)",
+    )  # fmt: skip
+    band: bool = switch_setting(
+        False, help="1D: surfaces with the same --label (without --label: all) are repeats of one model (seeds), "
+        "drawn as their mean and ± one standard deviation",
+    )  # fmt: skip
+    allow_different: bool = switch_setting(
+        False, help="compare surfaces whose grids, direction kinds, --norm, --ignore or --dir-type differ"
+    )
+    format: str = setting(
+        "png", choices=PICTURE_FORMATS, parser_choices=True, help="picture format: png (default), pdf or svg"
+    )
+    force: bool = switch_setting(False, help="replace existing pictures and tables that dsurf compare did not write")
+
+
+@dataclass(frozen=True)
+class Report:
+    """``dsurf report``: where the HTML report goes."""
+
+    out: str | None = setting(
+        metavar="PATH.html", check=text(), help="the report to write (default: FIRST_report.html beside the first surface)"
+    )
+    force: bool = switch_setting(False, help="replace an existing --out that dsurf report did not write")

@@ -11,8 +11,9 @@ venv=${DSURF_VENV:-.venv}
 torch_spec=${DSURF_TORCH:-torch==2.13.0}
 
 if [ "${DSURF_SKIP_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  # strace: the crash tests kill a run at each of its writes with it
-  pkgs="openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config strace"
+  # strace: the crash tests kill a run at each of its writes with it; chromium, chromium-driver: the
+  # test that opens dsurf report's page in a headless browser (selenium drives it, never downloading one)
+  pkgs="openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config strace chromium chromium-driver"
   if ! dpkg -s $pkgs >/dev/null 2>&1; then
     echo "== installing Debian packages: $pkgs"
     apt-get update -qq
@@ -28,8 +29,8 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 echo "== installing Python packages"
 "${pip[@]}" --upgrade pip
 "${pip[@]}" "$torch_spec" mpi4py numpy Cython pkgconfig setuptools packaging wheel \
-  matplotlib scikit-learn scipy tqdm transformers datasets peft pytest vtk pyhessian mkdocs mkdocs-material
-# (datasets: --data hf-dataset:DIR; peft: LoRA adapter folders as --to; vtk: the tests read the .vtp/.vts exports back; pyhessian: the tests compare the Hessian with it;
+  matplotlib plotly scikit-learn scipy tqdm transformers datasets peft pytest selenium vtk pyhessian mkdocs mkdocs-material
+# (plotly: dsurf report; selenium: its browser test; datasets: --data hf-dataset:DIR; peft: LoRA adapter folders as --to; vtk: the tests read the .vtp/.vts exports back; pyhessian: the tests compare the Hessian with it;
 # mkdocs, mkdocs-material: the documentation in docs/, which CI and a test build with --strict)
 
 if ! "$venv/bin/python" -c 'import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)' 2>/dev/null; then

@@ -46,3 +46,17 @@ def test_trained_digits_cnn_is_accurate_and_cached(tmp_path, monkeypatch, dsurf)
         expected = 100.0 * (model(inputs[:256]).argmax(1) == targets[:256]).double().mean().item()
     assert data.metrics["train_acc"][0] == pytest.approx(expected)
     assert np.isfinite(data.metrics["train_loss"][0])
+
+
+def test_batch_size_flag_trains_another_model_and_the_default_is_the_built_in(tmp_path, capsys):
+    """python -m distributed_surface.example --batch-size: the paper's small-against-large-batch
+    comparison; without it, the built-in model's training (batch 64) as before."""
+    assert example.main(["--epochs", "1", "--out", str(tmp_path / "default.pt")]) == 0
+    assert example.main(["--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "b64.pt")]) == 0
+    assert example.main(["--epochs", "1", "--batch-size", "256", "--lr", "0.01", "--out", str(tmp_path / "b256.pt")]) == 0
+    default, b64, b256 = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("default", "b64", "b256"))
+    assert all(torch.equal(default[k], b64[k]) for k in default)
+    assert not torch.equal(default["8.weight"], b256["8.weight"])
+    with pytest.raises(SystemExit):
+        example.main(["--batch-size", "0", "--out", str(tmp_path / "bad.pt")])
+    assert "--batch-size must be at least 1" in capsys.readouterr().err

@@ -92,7 +92,7 @@ def test_split_names_are_spelled_in_one_place():
 def test_import_needs_neither_mpi4py_nor_matplotlib():
     code = (
         "import sys, distributed_surface, distributed_surface.run, distributed_surface.storage; "
-        "bad = [m for m in ('mpi4py', 'matplotlib') if m in sys.modules]; sys.exit(1 if bad else 0)"
+        "bad = [m for m in ('mpi4py', 'matplotlib', 'plotly') if m in sys.modules]; sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
@@ -145,6 +145,24 @@ def test_exports_import_only_storage_and_the_core():
 def test_pictures_import_only_storage_and_the_core():
     for name in package_imports(PACKAGE / "plot.py"):
         assert name == ROOT or within(name, "distributed_surface.core", "distributed_surface.storage"), f"plot.py imports {name}"
+
+
+def test_the_table_imports_only_storage_and_the_core():
+    """(the metrics of a surface plug in through table.table_rows; it reads files, nothing else)"""
+    for name in package_imports(PACKAGE / "table.py"):
+        assert name == ROOT or within(name, "distributed_surface.core", "distributed_surface.storage"), f"table.py imports {name}"
+
+
+def test_the_report_reads_files_only_and_is_plotlys_one_module():
+    """report.py: storage, the core, the table and dsurf info's text; plotly is imported nowhere else,
+    and matplotlib not by it."""
+    allowed = ("distributed_surface.core", "distributed_surface.storage", "distributed_surface.table", "distributed_surface.info")
+    for name in package_imports(PACKAGE / "report.py"):
+        assert name == ROOT or within(name, *allowed), f"report.py imports {name}"
+    assert not any(n.split(".")[0] == "matplotlib" for n in imported_modules(PACKAGE / "report.py"))
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name != "report.py":
+            assert not any(n.split(".")[0] == "plotly" for n in imported_modules(path)), f"{path.name} imports plotly"
 
 
 def test_no_import_circle():

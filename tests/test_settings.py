@@ -118,3 +118,28 @@ def test_a_kind_names_declared_settings():
     with pytest.raises(UserError, match="'colour', which is not a declared setting"):
         registry.register(Colour)
     assert "colour" not in registry.kinds()
+
+
+@pytest.mark.parametrize("command", ["compare", "report"])
+def test_reading_commands_take_exactly_their_declared_settings(command):
+    """dsurf compare and report compute nothing, but their flags too are built from declarations."""
+    from distributed_surface.config import READER_CONFIGS
+
+    config = READER_CONFIGS[command]
+    actions = {a.dest: a for a in subparser(command)._actions}
+    names = set(settings.settings_of(config))
+    assert set(actions) - {"help", "surfaces"} == names == config_fields(config)
+    for name in names:
+        assert actions[name].option_strings == [f"--{name.replace('_', '-')}"], name
+
+
+def test_reading_commands_check_their_settings():
+    from distributed_surface.config import reader_config
+
+    config = reader_config("compare", {"band": True, "label": ["a", "b"], "vmin": 0.5})
+    assert config.comparison.band is True and config.comparison.label == ("a", "b") and config.scale.vmin == 0.5
+    assert config.comparison.format == "png" and config.scale.log is False  # the declared defaults
+    with pytest.raises(UserError, match="--format 'gif': expected one of png, pdf, svg"):
+        reader_config("compare", {"format": "gif"})
+    with pytest.raises(UserError, match="unknown setting 'x'"):
+        reader_config("report", {"x": "-1:1:3"})

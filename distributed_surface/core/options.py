@@ -19,3 +19,5 @@ MEASURES = ("loss", "hessian")
 HESSIAN_PARAMS = ("weights", "all")
 # Under MPI, rank 0 coordinates; "work": it also evaluates chunks, "coordinate": it only coordinates.
 RANK0_ROLES = ("work", "coordinate")
+# The picture formats of dsurf plot and dsurf compare.
+PICTURE_FORMATS = ("png", "pdf", "svg")
