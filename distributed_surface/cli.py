@@ -316,8 +316,24 @@ def _glue_axis_values(argv: list[str]) -> list[str]:
 _NEGATIVE = re.compile(r"^-[\d.]")
 
 
+def _glue_switches(argv: list[str]) -> list[str]:
+    """``--band a.h5`` -> ``--band=on a.h5``: a switch's value is optional (``--band``, ``--band=off``),
+    and argparse would take the word after it, a file, for its value."""
+    from .config import CONFIGS, READER_CONFIGS
+    from .settings import parse_switch, settings_of
+
+    switches = {s.flag for config in {*CONFIGS.values(), *READER_CONFIGS.values()} for _, s in settings_of(config).values()
+                if s.nargs == "?" and s.const is True}  # fmt: skip
+    glued = []
+    for k, word in enumerate(argv):
+        following = argv[k + 1] if k + 1 < len(argv) else None
+        is_value = following is not None and (following.startswith("-") or parse_switch(following, auto=True) != following)
+        glued.append(f"{word}=on" if word in switches and following is not None and not is_value else word)
+    return glued
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = _glue_axis_values(sys.argv[1:] if argv is None else list(argv))
+    argv = _glue_switches(_glue_axis_values(sys.argv[1:] if argv is None else list(argv)))
     global STOP
     # `dsurf run` takes SIGUSR1, SIGTERM and SIGINT from its first moment (before torch is imported) to
     # its last: a signal at any time stops the run with its file "interrupted" and exit code 3, and a

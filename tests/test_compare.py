@@ -121,6 +121,11 @@ def test_1d_compare_writes_curves_and_band_groups_by_label(dsurf, files, tmp_pat
     assert rc == 0 and err == "", err
     assert out.split() == ["c1/compare_1d_loss.png", "c1/compare_1d_acc.png", "c1/compare_table.md", "c1/compare_table.csv"]
     assert "| repeats (line2) | train_loss |" in (tmp_path / "c1/compare_table.md").read_text()
+    # A switch before the files: --band takes no file for its value
+    rc, out, err = dsurf("compare", "--band", "line.h5", "line2.h5", "--out-dir", "c2")
+    assert rc == 0 and err == "", err
+    assert (tmp_path / "c2/compare_1d_loss.png").is_file()
+    assert_one_line_error(*dsurf("compare", "--band=maybe", "line.h5", "line2.h5"), "--band", "expected on or off")
 
 
 def test_one_file_is_refused(dsurf, files):
