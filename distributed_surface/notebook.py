@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import math
 from pathlib import Path
@@ -165,17 +166,29 @@ class Surface:
         return f"<Surface {self.path!r}: {self.status}, {done}/{total} points>"
 
     def _repr_html_(self) -> str:
-        """Jupyter's view: the first picture (where a point is computed) above the summary."""
+        """Jupyter's view: the interactive report of the file (:func:`.report.fragment`: the 3D surface
+        to turn, the contour map, the table, what ``dsurf info`` says); without plotly, the first
+        picture above the summary."""
         import html
 
-        picture = ""
-        if self.progress[0]:
-            name, figure = next(iter(self.plot().items()))
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=80)
-            encoded = base64.b64encode(buffer.getvalue()).decode()
-            picture = f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}"/>'
+        if not self.progress[0]:
+            return f"<pre>{html.escape(self.info())}</pre>"
+        try:
+            from .report import fragment
+
+            return fragment(self.path, key=f"nb{next(_VIEWS)}")
+        except UserError:  # (plotly missing)
+            pass
+        name, figure = next(iter(self.plot().items()))
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=80)
+        encoded = base64.b64encode(buffer.getvalue()).decode()
+        picture = f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}"/>'
         return f"<div>{picture}<pre>{html.escape(self.info())}</pre></div>"
+
+
+# Each view's number: the plots of two views on one notebook page must not share an id.
+_VIEWS = itertools.count()
 
 
 def _roles(**objects) -> dict[str, str]:

@@ -71,6 +71,18 @@ def write_report(paths: Sequence[str], out: str | None = None, *, force: bool = 
                             force=force, who=WHO, flag="--out")  # fmt: skip
 
 
+def fragment(path: str, key: str) -> str:
+    """The report of one surface file as an HTML fragment that carries plotly.js: a notebook's output
+    (:mod:`.notebook`). ``key`` makes its plots' ids unique on a page that shows several."""
+    _check_plotly()
+    from plotly.offline import get_plotlyjs
+
+    data = read_any_surface(path)
+    if not np.any(data.done):
+        raise UserError(f"{path!r}: no point is computed yet, nothing to report")
+    return f'<script type="text/javascript">{get_plotlyjs()}</script>{_surface_section(key, path, data)}'
+
+
 def _check_plotly() -> None:
     try:
         import plotly  # noqa: F401
@@ -128,7 +140,7 @@ def _provenance(text: str) -> str:
 # ---------------------------------------------------------------- a surface
 
 
-def _surface_section(k: int, path: str, data: SurfaceData) -> str:
+def _surface_section(k: int | str, path: str, data: SurfaceData) -> str:
     done, total = data.progress
     heading = f"<h2>{html.escape(Path(path).name)}</h2>"
     if done < total:

@@ -4,6 +4,7 @@ an interrupted cell resumes; the cluster's files from the same settings."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import numpy as np
@@ -136,10 +137,21 @@ def test_cluster_files_hold_the_same_run(tmp_path, monkeypatch, tiny):
     assert not (tmp_path / "c.toml").exists() and not (tmp_path / "u.sbatch").exists()
 
 
-def test_jupyter_view_shows_a_picture_and_the_summary(tmp_path):
+def test_jupyter_view_is_the_interactive_report(tmp_path, monkeypatch):
     model, inputs, targets = _problem()
     surface = ds.compute(model, (inputs, targets), out=tmp_path / "v.h5", progress=False, **GRID)
-    page = surface._repr_html_()
-    assert page.count("data:image/png;base64,") == 1 and "status:    complete" in page
+    first, second = surface._repr_html_(), surface._repr_html_()
+    assert "Plotly.newPlot" in first and "status:    complete" in first and "<html" not in first
+    ids = lambda page: set(re.findall(r'id="(surface-[^"]+)"', page))  # noqa: E731
+    assert ids(first) and not ids(first) & ids(second)  # two views on one page: no id twice
     figures = surface.plot(pictures="contour")
     assert set(figures) == {"2d_contour_train_loss", "2d_contour_train_acc"}
+    # Without plotly: the first picture above the summary
+    import distributed_surface.report as report
+
+    def no_plotly():
+        raise UserError("dsurf report needs plotly")
+
+    monkeypatch.setattr(report, "_check_plotly", no_plotly)
+    page = surface._repr_html_()
+    assert page.count("data:image/png;base64,") == 1 and "status:    complete" in page
